@@ -1,0 +1,99 @@
+"""The receiver's app factory: settings in, a Starlette app out. No globals, no import-time I/O."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+import structlog
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.asyncio import Redis
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from service.ingest import Ingestor
+from service.metrics import ReceiverMetrics
+from service.problems import MethodNotAllowed, NotFound, Problem, Unavailable, problem_response
+from service.receiver import Receiver
+from service.redis_conn import STORAGE_ERRORS, connect, persistence
+from service.request_id import RequestIdMiddleware, request_id_of
+from service.settings import Settings
+
+__all__ = ["create_app"]
+
+log = structlog.get_logger("service.app")
+
+
+def create_app(settings: Settings, *, redis: Redis | None = None) -> Starlette:
+    """Build the receiver. ``redis`` may be passed in (tests); otherwise it comes from REDIS_URL."""
+    client = redis if redis is not None else connect(settings.redis_url)
+    metrics = ReceiverMetrics()
+    receiver = Receiver(
+        settings=settings,
+        ingestor=Ingestor(
+            client,
+            dedup_ttl=settings.dedup_ttl,
+            event_retention=settings.event_retention,
+            dead_letter_retention=settings.dead_letter_retention,
+            job_expiry_s=settings.lost_deadline,
+        ),
+        metrics=metrics,
+        secrets=settings.secret_values(),
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        try:
+            p = await persistence(client)
+            if p.warning:
+                log.warning("redis.persistence", **p.as_json())
+        except STORAGE_ERRORS as exc:
+            log.warning("redis.unreachable_at_startup", error=type(exc).__name__)
+        yield
+        if redis is None:
+            await client.aclose()
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        try:
+            await client.ping()
+            p = await persistence(client)
+        except STORAGE_ERRORS:
+            raise Unavailable("Redis does not answer", headers={"Retry-After": "5"}) from None
+        return JSONResponse({"status": "ready", "redis": "ok", "persistence": p.as_json()})
+
+    async def metrics_endpoint(request: Request) -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def render_problem(request: Request, exc: Exception) -> Response:
+        rid = request_id_of(request.scope)
+        if isinstance(exc, Problem):
+            return problem_response(exc, rid)
+        if isinstance(exc, HTTPException):
+            if exc.status_code == 405:
+                allowed = {"Allow": (exc.headers or {}).get("Allow", "")}
+                return problem_response(MethodNotAllowed(f"{request.method} is not allowed here",
+                                                         headers=allowed), rid)
+            if exc.status_code == 404:
+                return problem_response(NotFound(f"no route for {request.url.path}"), rid)
+            return problem_response(Problem(str(exc.detail), code="http_error", status=exc.status_code), rid)
+        log.error("receiver.unhandled", request_id=rid, error=type(exc).__name__)
+        return problem_response(Problem("unexpected error; nothing was acknowledged"), rid)
+
+    return Starlette(
+        routes=[
+            Route("/webhooks/runinfra", receiver.endpoint, methods=["POST"]),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
+            Route("/metrics", metrics_endpoint, methods=["GET"]),
+        ],
+        middleware=[Middleware(RequestIdMiddleware)],
+        exception_handlers={Problem: render_problem, HTTPException: render_problem, Exception: render_problem},
+        lifespan=lifespan,
+    )

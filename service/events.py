@@ -1,0 +1,179 @@
+"""The event envelope and one typed model per catalogued type (contract §3).
+
+Parsing happens in three steps, each with its own answer: bytes -> JSON object (``invalid_json``),
+object -> envelope (``invalid_event``), envelope -> typed event (``invalid_payload``, dead-lettered).
+Unknown fields are ignored everywhere; unknown types are valid envelopes that no model claims.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints, TypeAdapter
+
+__all__ = [
+    "CATALOGUE",
+    "DeploymentCreated",
+    "DeploymentDeleted",
+    "DeploymentFailed",
+    "DeploymentReady",
+    "DeploymentUpdated",
+    "Envelope",
+    "Event",
+    "InvalidJSON",
+    "TranscriptionCompleted",
+    "parse_event",
+    "parse_json_object",
+]
+
+EventId = Annotated[str, StringConstraints(pattern=r"^[\x21-\x7e]{1,255}$")]
+EventType = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$", max_length=255)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class Envelope(_Model):
+    """What every delivery must have, whatever its type."""
+
+    id: EventId
+    type: EventType
+    created: StrictInt = Field(ge=0)
+    data: dict[str, Any]
+    object: str | None = None
+    api_version: str | None = None
+    workspace_id: str | None = None
+
+
+# --- data shapes ---------------------------------------------------------------------------------
+class DeploymentRef(_Model):
+    deployment_id: str
+    pipeline_id: str
+
+
+class DeploymentInfo(DeploymentRef):
+    model: str
+    # A modality RunInfra adds later must not be rejected, so this stays a plain string.
+    modality: str
+
+
+class DeploymentCreatedData(DeploymentInfo):
+    status: str
+
+
+class DeploymentReadyData(DeploymentInfo):
+    revision: str
+    operations: list[str]
+
+
+class DeploymentUpdatedData(DeploymentInfo):
+    revision: str
+    previous_revision: str
+
+
+class DeploymentError(_Model):
+    code: str
+    message: str
+
+
+class DeploymentFailedData(DeploymentInfo):
+    error: DeploymentError
+
+
+class TranscriptionCompletedData(_Model):
+    request_id: str
+    pipeline_id: str
+    model: str
+    text: str
+    language: str | None = None
+    duration_seconds: float | None = None
+
+
+# --- typed events --------------------------------------------------------------------------------
+class DeploymentCreated(Envelope):
+    type: Literal["deployment.created"]
+    data: DeploymentCreatedData  # type: ignore[assignment]
+
+
+class DeploymentReady(Envelope):
+    type: Literal["deployment.ready"]
+    data: DeploymentReadyData  # type: ignore[assignment]
+
+
+class DeploymentUpdated(Envelope):
+    type: Literal["deployment.updated"]
+    data: DeploymentUpdatedData  # type: ignore[assignment]
+
+
+class DeploymentFailed(Envelope):
+    type: Literal["deployment.failed"]
+    data: DeploymentFailedData  # type: ignore[assignment]
+
+
+class DeploymentDeleted(Envelope):
+    type: Literal["deployment.deleted"]
+    data: DeploymentRef  # type: ignore[assignment]
+
+
+class TranscriptionCompleted(Envelope):
+    type: Literal["transcription.completed"]
+    data: TranscriptionCompletedData  # type: ignore[assignment]
+
+
+Event = Annotated[
+    DeploymentCreated
+    | DeploymentReady
+    | DeploymentUpdated
+    | DeploymentFailed
+    | DeploymentDeleted
+    | TranscriptionCompleted,
+    Field(discriminator="type"),
+]
+_EVENT: TypeAdapter[Event] = TypeAdapter(Event)
+_ENVELOPE: TypeAdapter[Envelope] = TypeAdapter(Envelope)
+
+CATALOGUE: frozenset[str] = frozenset(
+    m.model_fields["type"].annotation.__args__[0]  # type: ignore[union-attr]
+    for m in (
+        DeploymentCreated,
+        DeploymentReady,
+        DeploymentUpdated,
+        DeploymentFailed,
+        DeploymentDeleted,
+        TranscriptionCompleted,
+    )
+)
+
+
+class InvalidJSON(ValueError):
+    """The body is not a UTF-8 JSON object."""
+
+
+def _reject_constant(name: str) -> Any:
+    msg = f"non-standard JSON constant {name}"
+    raise InvalidJSON(msg)
+
+
+def parse_json_object(body: bytes) -> dict[str, Any]:
+    """Strict UTF-8 JSON object, or ``InvalidJSON`` (also for NaN, huge numbers, absurd nesting)."""
+    try:
+        value = json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        # ValueError covers JSONDecodeError and ints beyond sys.get_int_max_str_digits().
+        raise InvalidJSON(str(exc)[:200]) from None
+    if not isinstance(value, dict):
+        msg = "the body is JSON but not an object"
+        raise InvalidJSON(msg)
+    return value
+
+
+def parse_envelope(obj: dict[str, Any]) -> Envelope:
+    """Raises pydantic.ValidationError when id, type, created or data is missing or malformed."""
+    return _ENVELOPE.validate_python(obj)
+
+
+def parse_event(obj: dict[str, Any]) -> Event:
+    """The typed event of a catalogued type; raises pydantic.ValidationError when ``data`` does not fit."""
+    return _EVENT.validate_python(obj)

@@ -1,0 +1,128 @@
+"""POST /webhooks/runinfra: limit, verify, parse, ingest, answer (contract §4).
+
+The order is the security argument: the body is bounded before any HMAC, the signature is checked before
+any JSON is parsed, and nothing is acknowledged before the one atomic Redis write returned.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import structlog
+from pydantic import ValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from service import signature
+from service.body import read_limited_body
+from service.events import CATALOGUE, InvalidJSON, parse_envelope, parse_event, parse_json_object
+from service.ingest import Delivery, Ingestor, IngestOutcome
+from service.metrics import ReceiverMetrics
+from service.problems import InvalidEvent, InvalidJSONBody, SignatureRejected, Unavailable
+from service.redis_conn import STORAGE_ERRORS
+from service.request_id import request_id_of
+from service.settings import Settings
+
+__all__ = ["Receiver"]
+
+log = structlog.get_logger("service.receiver")
+_HEADER = b"runinfra-signature"
+_STATUS = {
+    IngestOutcome.QUEUED: 202,
+    IngestOutcome.DEAD_LETTERED: 202,
+    IngestOutcome.DUPLICATE: 200,
+    IngestOutcome.IGNORED: 200,
+}
+
+
+def _raw_header(request: Request) -> bytes | None:
+    for name, value in request.scope["headers"]:
+        if name == _HEADER:
+            return bytes(value)
+    return None
+
+
+def _envelope_detail(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "body"
+    return f"{where}: {first['msg']}"
+
+
+@dataclass
+class Receiver:
+    settings: Settings
+    ingestor: Ingestor
+    metrics: ReceiverMetrics
+    secrets: tuple[bytes, ...]
+
+    async def endpoint(self, request: Request) -> Response:
+        started = time.perf_counter()
+        try:
+            return await self._handle(request)
+        finally:
+            self.metrics.latency.observe(time.perf_counter() - started)
+
+    async def _handle(self, request: Request) -> Response:
+        s = self.settings
+        rid = request_id_of(request.scope)
+        body = await read_limited_body(request, limit=s.max_body, timeout=s.body_timeout)
+        raw_header = _raw_header(request)
+        header = raw_header.decode("latin-1") if raw_header is not None else None
+        now_ms = time.time_ns() // 1_000_000
+        result = signature.verify(header, body, self.secrets, s.tolerance, now_ms // 1000)
+        if result.outcome is not signature.Outcome.OK or result.secret_index is None:
+            self.metrics.deliveries.labels(result.outcome.value).inc()
+            log.info("webhook.rejected", request_id=rid, outcome=result.outcome.value)
+            raise SignatureRejected(f"signature check failed: {result.outcome.value}", code=result.outcome.value)
+
+        def delivery(wanted: IngestOutcome, event_id: str = "", type_: str = "", created: int = 0,
+                     reason: str = "") -> Delivery:
+            return Delivery(
+                wanted=wanted, event_id=event_id, type=type_, created=created, header=raw_header or b"",
+                body=body, request_id=rid, secret_index=result.secret_index or 0, received_ms=now_ms,
+                reason=reason,
+            )
+
+        try:
+            obj = parse_json_object(body)
+        except InvalidJSON as exc:
+            await self._ingest(delivery(IngestOutcome.INVALID_JSON))
+            raise InvalidJSONBody(str(exc)) from None
+        try:
+            envelope = parse_envelope(obj)
+        except ValidationError as exc:
+            await self._ingest(delivery(IngestOutcome.INVALID_EVENT))
+            raise InvalidEvent(_envelope_detail(exc)) from None
+
+        reason = ""
+        if envelope.type not in CATALOGUE:
+            wanted = IngestOutcome.IGNORED
+        else:
+            try:
+                parse_event(obj)
+                wanted = IngestOutcome.QUEUED
+            except ValidationError:
+                wanted, reason = IngestOutcome.DEAD_LETTERED, "invalid_payload"
+
+        outcome = await self._ingest(delivery(wanted, envelope.id, envelope.type, envelope.created, reason))
+        self.metrics.deliveries.labels(outcome.value).inc()
+        if outcome is IngestOutcome.DUPLICATE:
+            self.metrics.duplicates.inc()
+        log.info("webhook.received", request_id=rid, event_id=envelope.id, type=envelope.type,
+                 outcome=outcome.value, secret_index=result.secret_index)
+        answer: dict[str, str] = {"status": outcome.value, "event_id": envelope.id}
+        if outcome is IngestOutcome.DEAD_LETTERED:
+            answer["reason"] = reason
+        return JSONResponse(answer, status_code=_STATUS[outcome])
+
+    async def _ingest(self, d: Delivery) -> IngestOutcome:
+        try:
+            return await self.ingestor.ingest(d)
+        except STORAGE_ERRORS as exc:
+            self.metrics.redis_errors.inc()
+            self.metrics.deliveries.labels("unavailable").inc()
+            log.warning("webhook.storage_failed", request_id=d.request_id, event_id=d.event_id,
+                        error=type(exc).__name__)
+            raise Unavailable("Redis did not accept the delivery; retry later",
+                              headers={"Retry-After": "5"}) from None

@@ -1,0 +1,38 @@
+"""Builders for signed deliveries: one valid delivery, with any part overridable."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from service.signature import sign
+
+SECRET = "whsec_test_primary_0123456789"
+OLD_SECRET = "whsec_test_previous_9876543210"
+EVENTS_DIR = Path(__file__).parent / "data" / "events"
+
+
+def example_event(type_: str = "deployment.ready", **overrides: Any) -> dict[str, Any]:
+    event: dict[str, Any] = json.loads((EVENTS_DIR / f"{type_}.json").read_text())
+    event["id"] = f"evt_{uuid.uuid4().hex[:16]}"
+    event.update(overrides)
+    return event
+
+
+def signed_delivery(
+    event: dict[str, Any] | None = None,
+    *,
+    body: bytes | None = None,
+    secret: str = SECRET,
+    timestamp: int | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[bytes, dict[str, str]]:
+    """(body, headers) of a delivery signed like RunInfra signs it."""
+    raw = body if body is not None else json.dumps(event or example_event()).encode()
+    ts = int(time.time()) if timestamp is None else timestamp
+    h = {"content-type": "application/json", "runinfra-signature": sign(raw, secret, ts)}
+    h.update(headers or {})
+    return raw, h
