@@ -1,0 +1,40 @@
+"""What a handler gets besides its typed event: settings, Redis, and gateway calls bound to this event."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+
+from handlers.errors import PermanentError
+from service.settings import Settings
+from workers.gateway import GatewayClient, GatewayResponse, idempotency_key
+
+__all__ = ["HandlerContext"]
+
+
+@dataclass(frozen=True)
+class HandlerContext:
+    settings: Settings
+    redis: Redis
+    event_id: str
+    generation: int
+    gateway: GatewayClient | None
+    # Stores a gateway x-request-id with the event's processing state (contract §7).
+    record_request_id: Callable[[str], Awaitable[None]]
+
+    def key(self, step: str, part: int | str = 0) -> str:
+        """The Idempotency-Key of one logical call of this event: same on every retry, new per replay."""
+        return idempotency_key(self.event_id, step, part, self.generation)
+
+    async def call_gateway(self, route: str, body: dict[str, Any], *, step: str, part: int | str = 0
+                           ) -> GatewayResponse:
+        """POST to the gateway with this event's key for (step, part); the gateway request id is recorded."""
+        if self.gateway is None:
+            raise PermanentError("gateway_not_configured", "RUNINFRA_API_KEY is not set")
+        response = await self.gateway.post(route, body, idempotency_key=self.key(step, part))
+        if response.request_id:
+            await self.record_request_id(response.request_id)
+        return response

@@ -1,0 +1,103 @@
+"""``runinfra-webhooks dev``: a redis-server with AOF, the gateway emulator, a worker and the receiver.
+
+Everything runs as child processes of this one command (the same console script the real deployment
+runs), on loopback, with a throw-away secret and API key unless the environment sets its own. Ctrl-C stops
+all of them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["run_dev"]
+
+DEV_SECRET = "whsec_dev_local_only"  # noqa: S105 - a local-only default, printed for the user to sign with
+DEV_API_KEY = "sk-dev-stub"
+
+
+def _free_port() -> int:
+    with contextlib.closing(socket.socket()) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _wait_port(port: int, proc: subprocess.Popen[bytes], name: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            msg = f"{name} exited with {proc.returncode}"
+            raise RuntimeError(msg)
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return
+        time.sleep(0.05)
+    msg = f"{name} did not listen on {port}"
+    raise RuntimeError(msg)
+
+
+def run_dev(*, port: int, stub_port: int, redis_url: str | None, workdir: Path = Path(".runinfra-dev")) -> int:
+    procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+    me = [sys.executable, "-m", "service"]
+    env = dict(os.environ)
+    try:
+        if redis_url is None:
+            redis_bin = shutil.which("redis-server")
+            if redis_bin is None:
+                print("redis-server not found: pass --redis-url", file=sys.stderr)
+                return 2
+            redis_port = _free_port()
+            (workdir / "redis").mkdir(parents=True, exist_ok=True)
+            redis = subprocess.Popen(
+                [redis_bin, "--port", str(redis_port), "--bind", "127.0.0.1", "--dir",
+                 str((workdir / "redis").resolve()), "--appendonly", "yes", "--appendfsync", "always",
+                 "--save", "", "--logfile", "redis.log"])
+            procs.append(("redis", redis))
+            _wait_port(redis_port, redis, "redis-server")
+            redis_url = f"redis://127.0.0.1:{redis_port}/0"
+        env.update(REDIS_URL=redis_url)
+        env.setdefault("RUNINFRA_WEBHOOK_SECRET", DEV_SECRET)
+        env.setdefault("RUNINFRA_API_KEY", DEV_API_KEY)
+        env.setdefault("RUNINFRA_BASE_URL", f"http://127.0.0.1:{stub_port}/v1")
+        env.setdefault("RUNINFRA_TTS_MODEL", "kokoro-82m")
+        if not env.get("RUNINFRA_TTS_REF_AUDIO"):
+            env.setdefault("RUNINFRA_TTS_VOICE", "af_heart")
+
+        stub = subprocess.Popen([*me, "gateway-stub", "--port", str(stub_port), "--api-key", env["RUNINFRA_API_KEY"]],
+                                env=env)
+        procs.append(("gateway-stub", stub))
+        _wait_port(stub_port, stub, "gateway-stub")
+        procs.append(("worker", subprocess.Popen([*me, "worker"], env=env)))
+        receiver = subprocess.Popen([*me, "serve", "--port", str(port)], env=env)
+        procs.append(("receiver", receiver))
+        _wait_port(port, receiver, "receiver")
+
+        url = f"http://127.0.0.1:{port}/webhooks/runinfra"
+        secret_note = "" if os.environ.get("RUNINFRA_WEBHOOK_SECRET") else f"RUNINFRA_WEBHOOK_SECRET={DEV_SECRET} "
+        print(f"runinfra-webhooks dev: receiver {url}, gateway emulator http://127.0.0.1:{stub_port}/v1, "
+              f"Redis {redis_url}", file=sys.stderr)
+        print(f"send a first event:  {secret_note}REDIS_URL={redis_url} runinfra-webhooks send "
+              f"transcription.completed --url {url}", file=sys.stderr, flush=True)
+        while all(p.poll() is None for _, p in procs):
+            time.sleep(0.5)
+        dead = [name for name, p in procs if p.poll() is not None]
+        print(f"runinfra-webhooks dev: {', '.join(dead)} exited; stopping", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        for _, p in reversed(procs):
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for _, p in reversed(procs):
+            try:
+                p.wait(timeout=25)
+            except subprocess.TimeoutExpired:
+                p.kill()

@@ -1,0 +1,92 @@
+"""arq glue: a Worker built from our Settings, with JSON jobs (never pickle) and our timeouts.
+
+Timing, chosen so a killed worker's job comes back within 60 s: a handler gets RUNINFRA_JOB_TIMEOUT
+(default 30 s) of our own deadline; arq's function timeout is 5 s longer so ours always fires first; arq
+re-runs a job whose worker died once its in-progress key expires, i.e. after arq's timeout + 10 s = 45 s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from typing import Any
+
+import structlog
+from arq import Worker
+from arq.connections import RedisSettings
+from arq.worker import func
+
+from service import keys
+from service.records import Records
+from service.redis_conn import STORAGE_ERRORS
+from service.settings import Settings
+from workers.deps import WorkerDeps
+from workers.gateway import GatewayClient
+from workers.jobs import process_event
+from workers.sweep import sweep_once
+
+__all__ = ["build_worker", "json_deserializer", "json_serializer"]
+
+log = structlog.get_logger("workers.settings")
+ARQ_MARGIN_S = 5
+
+
+def json_serializer(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), default=str).encode()
+
+
+def json_deserializer(raw: bytes) -> Any:
+    return json.loads(raw)
+
+
+async def _sweep_loop(deps: WorkerDeps) -> None:
+    while True:
+        await asyncio.sleep(deps.settings.sweep_interval)
+        try:
+            await sweep_once(deps)
+        except STORAGE_ERRORS as exc:  # Redis away: try again next interval
+            log.warning("sweep.failed", error=type(exc).__name__)
+
+
+def build_worker(settings: Settings, *, burst: bool = False) -> Worker:
+    async def on_startup(ctx: dict[str, Any]) -> None:
+        redis = ctx["redis"]
+        gateway = GatewayClient.from_settings(settings) if settings.api_key is not None else None
+        deps = WorkerDeps(
+            settings=settings, redis=redis, gateway=gateway,
+            records=Records(redis, event_retention=settings.event_retention,
+                            dead_letter_retention=settings.dead_letter_retention,
+                            job_expiry_s=settings.lost_deadline),
+        )
+        ctx["deps"] = deps
+        ctx["sweeper"] = asyncio.create_task(_sweep_loop(deps))
+        log.info("worker.started", concurrency=settings.worker_concurrency, gateway=gateway is not None)
+
+    async def on_shutdown(ctx: dict[str, Any]) -> None:
+        sweeper: asyncio.Task[None] | None = ctx.get("sweeper")
+        if sweeper is not None:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
+        deps: WorkerDeps | None = ctx.get("deps")
+        if deps is not None and deps.gateway is not None:
+            await deps.gateway.aclose()
+        log.info("worker.stopped")
+
+    return Worker(
+        functions=[func(process_event, name=keys.PROCESS_EVENT, timeout=settings.job_timeout + ARQ_MARGIN_S,
+                        # our own attempt limit dead-letters first; arq's only guards against a loop
+                        max_tries=settings.max_attempts + 20)],
+        redis_settings=RedisSettings.from_dsn(settings.redis_url),
+        job_serializer=json_serializer,
+        job_deserializer=json_deserializer,
+        max_jobs=settings.worker_concurrency,
+        poll_delay=settings.worker_poll_delay,
+        keep_result=0,
+        job_completion_wait=settings.shutdown_grace,
+        on_startup=on_startup,
+        on_shutdown=on_shutdown,
+        burst=burst,
+        handle_signals=not burst,
+    )
