@@ -10,7 +10,9 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from handlers import deployments, embeddings, followup
+from handlers import deployments as deployments
+from handlers import embeddings as embeddings
+from handlers import followup as followup
 from handlers.context import HandlerContext
 
 __all__ = ["HANDLERS", "Handler", "HandlerContext", "handlers_for"]

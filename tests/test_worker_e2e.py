@@ -16,7 +16,6 @@ import httpx
 import pytest
 import redis as sync_redis
 
-from service import keys
 from tests.builders import example_event, signed_delivery
 from tests.processes import Proc, stack_env, wait_until, worker_process
 from tests.stubserver import StubServer, start_gateway_stub
