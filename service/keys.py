@@ -28,6 +28,7 @@ __all__ = [
     "deployment",
     "deployment_history",
     "event",
+    "followup_reply",
     "job_id",
 ]
 
@@ -108,3 +109,11 @@ def corpus_vectors(collection: str, revision: str) -> str:
 def corpus_progress(collection: str, revision: str) -> str:
     """String: number of batches finished for that revision (resume point)."""
     return f"{PREFIX}corpus:{collection}:progress:{revision}"
+
+
+def followup_reply(event_id: str) -> str:
+    """String: the follow-up reply text made by the chat step, so a retry does not call chat again.
+
+    EX = RUNINFRA_EVENT_RETENTION.
+    """
+    return f"{PREFIX}followup:{event_id}:reply"

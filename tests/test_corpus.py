@@ -1,0 +1,259 @@
+"""The corpus store on real Redis: loading, binding, staleness, export, and the build bookkeeping."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+
+from handlers.corpus import (
+    Build,
+    CorpusChanged,
+    CorpusError,
+    collections_for_model,
+    commit_batch,
+    export_corpus,
+    finish_build,
+    load_corpus,
+    parse_documents,
+    split_batches,
+    start_build,
+)
+from service import keys
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+def lines(*docs: tuple[str, str]) -> list[str]:
+    return [json.dumps({"id": i, "text": t}) + "\n" for i, t in docs]
+
+
+async def ids_of(redis: Redis, collection: str) -> list[str]:
+    return [i.decode() for i in await redis.lrange(keys.corpus_ids(collection), 0, -1)]
+
+
+async def meta_of(redis: Redis, collection: str) -> dict[str, str]:
+    raw = await redis.hgetall(keys.corpus_meta(collection))
+    return {k.decode(): v.decode() for k, v in raw.items()}
+
+
+async def export(redis: Redis, collection: str) -> list[dict[str, Any]]:
+    return [row async for row in export_corpus(redis, collection)]
+
+
+async def embed_fake(redis: Redis, collection: str, *, model: str, revision: str, created: int = 100) -> Build:
+    """Run a whole build with vectors [position, len(text)] instead of a gateway."""
+    build = await start_build(redis, collection, model=model, revision=revision, created=created, batch_size=2)
+    assert build is not None
+    for index, batch in enumerate(build.batches):
+        assert await commit_batch(redis, build, index, [[float(build.ids.index(i)), 1.0] for i in batch])
+    assert await finish_build(redis, build, created=created)
+    return build
+
+
+# --- pure core ----------------------------------------------------------------------------------------
+def test_split_batches_cuts_in_order_with_short_last_batch() -> None:
+    """Ids are cut into consecutive slices of the batch size; the last one holds the rest."""
+    assert split_batches(["a", "b", "c", "d", "e"], 2) == [("a", "b"), ("c", "d"), ("e",)]
+    assert split_batches([], 3) == []
+    with pytest.raises(ValueError, match="batch size"):
+        split_batches(["a"], 0)
+
+
+def test_parse_documents_keeps_first_place_and_last_text_of_repeated_id() -> None:
+    """An id repeated within one file keeps its first position and takes the later text; blank lines skip."""
+    docs = parse_documents(["\n", *lines(("a", "one"), ("b", "two"), ("a", "uno")), "   \n"])
+    assert [(d.id, d.text) for d in docs] == [("a", "uno"), ("b", "two")]
+
+
+@pytest.mark.parametrize(
+    ("bad", "reason"),
+    [
+        ("{not json", "not valid JSON"),
+        ('["a", "b"]', "JSON object"),
+        ('{"text": "no id"}', '"id"'),
+        ('{"id": 7, "text": "int id"}', '"id"'),
+        ('{"id": "x", "text": ""}', '"text"'),
+        ('{"id": "x", "text": 3}', '"text"'),
+    ],
+)
+async def test_load_rejects_bad_line_with_its_number_and_writes_nothing(redis: Redis, bad: str, reason: str) -> None:
+    """A bad line raises CorpusError naming line and reason, and nothing of the file is stored."""
+    with pytest.raises(CorpusError, match=reason) as caught:
+        await load_corpus(redis, [*lines(("a", "fine")), "\n", bad], collection="docs", model="m")
+    assert caught.value.line == 3
+    assert str(caught.value).startswith("line 3:")
+    assert await redis.keys("*") == []
+
+
+@pytest.mark.parametrize("name", ["", "a:ids", "with space", "x" * 129, "slash/y"])
+async def test_load_rejects_collection_name_that_could_reach_other_keys(redis: Redis, name: str) -> None:
+    """Collection names outside [A-Za-z0-9._-]{1,128} are refused before anything is written."""
+    with pytest.raises(CorpusError, match="collection name"):
+        await load_corpus(redis, lines(("a", "t")), collection=name, model="m")
+    assert await redis.keys("*") == []
+
+
+# --- loading -----------------------------------------------------------------------------------------
+async def test_load_stores_ids_in_order_texts_and_model_binding(redis: Redis) -> None:
+    """Ids go to the list in load order, texts to the hash, and the collection is bound to the model."""
+    count = await load_corpus(redis, lines(("b", "bee"), ("a", "ay"), ("c", "see")), collection="docs", model="m1")
+    assert count == 3
+    assert await ids_of(redis, "docs") == ["b", "a", "c"]
+    assert await redis.hget(keys.corpus_docs("docs"), "a") == b"ay"
+    assert (await meta_of(redis, "docs"))["model"] == "m1"
+    assert await collections_for_model(redis, "m1") == ["docs"]
+
+
+async def test_reload_updates_text_without_duplicating_id(redis: Redis) -> None:
+    """Loading a known id again replaces its text and keeps its single place; new ids are appended."""
+    await load_corpus(redis, lines(("a", "old"), ("b", "bee")), collection="docs", model="m")
+    await load_corpus(redis, lines(("c", "see"), ("a", "new")), collection="docs", model="m")
+    assert await ids_of(redis, "docs") == ["a", "b", "c"]
+    assert await redis.hget(keys.corpus_docs("docs"), "a") == b"new"
+
+
+async def test_rebinding_to_another_model_moves_collection(redis: Redis) -> None:
+    """A collection loaded for another model leaves the old model's set and joins the new one."""
+    await load_corpus(redis, lines(("a", "t")), collection="docs", model="m1")
+    await load_corpus(redis, lines(("a", "t")), collection="other", model="m1")
+    await load_corpus(redis, lines(("b", "u")), collection="docs", model="m2")
+    assert await collections_for_model(redis, "m1") == ["other"]
+    assert await collections_for_model(redis, "m2") == ["docs"]
+    assert (await meta_of(redis, "docs"))["model"] == "m2"
+
+
+async def test_collections_for_model_are_sorted(redis: Redis) -> None:
+    """The collections of a model come back sorted by name."""
+    for name in ("zeta", "alpha", "mid"):
+        await load_corpus(redis, lines(("a", "t")), collection=name, model="m")
+    assert await collections_for_model(redis, "m") == ["alpha", "mid", "zeta"]
+    assert await collections_for_model(redis, "unknown") == []
+
+
+async def test_load_marks_embedded_collection_stale_and_drops_its_vectors(redis: Redis) -> None:
+    """After a load the active revision is cleared with its vectors, so export refuses until re-embedded."""
+    await load_corpus(redis, lines(("a", "t"), ("b", "u")), collection="docs", model="m")
+    await embed_fake(redis, "docs", model="m", revision="r1")
+    assert len(await export(redis, "docs")) == 2
+
+    await load_corpus(redis, lines(("c", "v")), collection="docs", model="m")
+    meta = await meta_of(redis, "docs")
+    assert "revision" not in meta
+    assert meta["version"] == "2"
+    assert not await redis.exists(keys.corpus_vectors("docs", "r1"))
+    with pytest.raises(CorpusError, match="no embedded revision"):
+        await export(redis, "docs")
+
+
+# --- export ------------------------------------------------------------------------------------------
+async def test_export_yields_active_revision_rows_in_load_order(redis: Redis) -> None:
+    """Export gives id, model, revision and embedding per document, in load order."""
+    await load_corpus(redis, lines(("b", "bee"), ("a", "ay"), ("c", "see")), collection="docs", model="m")
+    await embed_fake(redis, "docs", model="m", revision="r1")
+    assert await export(redis, "docs") == [
+        {"id": "b", "model": "m", "revision": "r1", "embedding": [0.0, 1.0]},
+        {"id": "a", "model": "m", "revision": "r1", "embedding": [1.0, 1.0]},
+        {"id": "c", "model": "m", "revision": "r1", "embedding": [2.0, 1.0]},
+    ]
+
+
+async def test_export_of_unknown_collection_raises(redis: Redis) -> None:
+    """Exporting a collection that was never loaded is a CorpusError."""
+    with pytest.raises(CorpusError, match="does not exist"):
+        await export(redis, "nope")
+
+
+async def test_export_before_first_embedding_raises(redis: Redis) -> None:
+    """A loaded but never embedded collection has nothing to export."""
+    await load_corpus(redis, lines(("a", "t")), collection="docs", model="m")
+    with pytest.raises(CorpusError, match="no embedded revision"):
+        await export(redis, "docs")
+
+
+# --- builds ------------------------------------------------------------------------------------------
+async def test_commit_of_stored_batch_is_a_no_op(redis: Redis) -> None:
+    """Committing a batch a second time changes nothing and says so."""
+    await load_corpus(redis, lines(("a", "t"), ("b", "u"), ("c", "v")), collection="docs", model="m")
+    build = await start_build(redis, "docs", model="m", revision="r1", created=1, batch_size=2)
+    assert build is not None
+    assert await commit_batch(redis, build, 0, [[1.0], [2.0]])
+    assert not await commit_batch(redis, build, 0, [[9.0], [9.0]])
+    assert await redis.hget(keys.corpus_vectors("docs", "r1"), "a") == b"[1.0]"
+    assert await redis.get(keys.corpus_progress("docs", "r1")) == b"1"
+
+
+async def test_restarted_build_resumes_at_progress_with_pinned_batch_size(redis: Redis) -> None:
+    """A build started again resumes after the finished batches, with the batch size it began with."""
+    await load_corpus(redis, lines(*((str(i), "t") for i in range(5))), collection="docs", model="m")
+    first = await start_build(redis, "docs", model="m", revision="r1", created=1, batch_size=2)
+    assert first is not None
+    await commit_batch(redis, first, 0, [[1.0], [1.0]])
+    again = await start_build(redis, "docs", model="m", revision="r1", created=1, batch_size=4)
+    assert again is not None
+    assert (again.done, again.batch_size, again.version) == (1, 2, first.version)
+
+
+async def test_commit_after_a_load_raises_corpus_changed(redis: Redis) -> None:
+    """A load during a build cancels it: its next commit raises CorpusChanged and its progress is gone."""
+    await load_corpus(redis, lines(("a", "t"), ("b", "u"), ("c", "v")), collection="docs", model="m")
+    build = await start_build(redis, "docs", model="m", revision="r1", created=1, batch_size=2)
+    assert build is not None
+    await commit_batch(redis, build, 0, [[1.0], [2.0]])
+    await load_corpus(redis, lines(("a", "changed")), collection="docs", model="m")
+    assert not await redis.exists(keys.corpus_progress("docs", "r1"), keys.corpus_vectors("docs", "r1"))
+    with pytest.raises(CorpusChanged):
+        await commit_batch(redis, build, 1, [[3.0]])
+    restarted = await start_build(redis, "docs", model="m", revision="r1", created=1, batch_size=2)
+    assert restarted is not None
+    assert (restarted.done, restarted.version) == (0, build.version + 1)
+
+
+async def test_start_build_skips_active_revision_other_model_and_older_event(redis: Redis) -> None:
+    """Nothing to build at the active revision, for another model, or for an event older than the active one."""
+    await load_corpus(redis, lines(("a", "t")), collection="docs", model="m")
+    await embed_fake(redis, "docs", model="m", revision="r2", created=200)
+    assert await start_build(redis, "docs", model="m", revision="r2", created=200, batch_size=2) is None
+    assert await start_build(redis, "docs", model="other", revision="r3", created=300, batch_size=2) is None
+    assert await start_build(redis, "docs", model="m", revision="r1", created=100, batch_size=2) is None
+    assert await start_build(redis, "docs", model="m", revision="r3", created=300, batch_size=2) is not None
+
+
+async def test_finish_of_build_overtaken_by_newer_revision_drops_it(redis: Redis) -> None:
+    """A build that ends after a newer event's revision became active does not flip back and frees its vectors."""
+    await load_corpus(redis, lines(("a", "t")), collection="docs", model="m")
+    old = await start_build(redis, "docs", model="m", revision="r1", created=100, batch_size=2)
+    assert old is not None
+    await commit_batch(redis, old, 0, [[1.0]])
+    await embed_fake(redis, "docs", model="m", revision="r2", created=200)
+    assert not await finish_build(redis, old, created=100)
+    assert (await meta_of(redis, "docs"))["revision"] == "r2"
+    assert not await redis.exists(keys.corpus_vectors("docs", "r1"), keys.corpus_progress("docs", "r1"))
+    assert [r["revision"] for r in await export(redis, "docs")] == ["r2"]
+
+
+async def test_flip_drops_previous_revision_vectors_and_progress(redis: Redis) -> None:
+    """Activating a new revision deletes the previous revision's vectors and the finished progress key."""
+    await load_corpus(redis, lines(("a", "t")), collection="docs", model="m")
+    await embed_fake(redis, "docs", model="m", revision="r1", created=100)
+    await embed_fake(redis, "docs", model="m", revision="r2", created=200)
+    assert not await redis.exists(keys.corpus_vectors("docs", "r1"), keys.corpus_progress("docs", "r2"))
+    meta = await meta_of(redis, "docs")
+    assert (meta["revision"], meta["created"]) == ("r2", "200")
+    assert not [field for field in meta if field.startswith("build:")]
+
+
+async def test_rebound_collection_forgets_old_model_event_order(redis: Redis) -> None:
+    """After a rebind, the new model's first event embeds even if older than the old model's last one."""
+    await load_corpus(redis, lines(("a", "t")), collection="docs", model="m1")
+    await embed_fake(redis, "docs", model="m1", revision="r9", created=500)
+    await load_corpus(redis, lines(("a", "t")), collection="docs", model="m2")
+    assert await start_build(redis, "docs", model="m2", revision="r1", created=100, batch_size=2) is not None

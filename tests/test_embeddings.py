@@ -1,0 +1,301 @@
+"""Re-embedding against real Redis and the gateway emulator over real HTTP."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+
+from handlers import corpus, embeddings
+from handlers.context import HandlerContext
+from handlers.corpus import export_corpus, load_corpus
+from handlers.errors import PermanentError, TransientError
+from service import keys
+from service.events import DeploymentReady, DeploymentUpdated, parse_event
+from tests.builders import example_event
+from tests.conftest import make_settings
+from tests.stubserver import STUB_API_KEY, StubServer, start_gateway_stub
+from workers.gateway import GatewayClient, GatewayTransientError, idempotency_key
+
+MODEL = "bge-m3"
+
+
+@pytest.fixture(scope="module")
+def stub_server() -> Iterator[StubServer]:
+    with start_gateway_stub() as server:
+        yield server
+
+
+@pytest.fixture
+def stub(stub_server: StubServer) -> StubServer:
+    stub_server.reset()
+    return stub_server
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+class Runner:
+    """Runs the handler for an event the way a job would: a fresh context per attempt."""
+
+    def __init__(self, redis: Redis, redis_url: str, tmp_path: Path, stub: StubServer) -> None:
+        self.redis, self.redis_url, self.tmp_path, self.stub = redis, redis_url, tmp_path, stub
+        self.request_ids: list[str] = []
+
+    def context(self, event_id: str, **env: object) -> HandlerContext:
+        settings = make_settings(
+            self.redis_url,
+            self.tmp_path,
+            RUNINFRA_BASE_URL=self.stub.base_url,
+            RUNINFRA_API_KEY=STUB_API_KEY,
+            RUNINFRA_EMBED_BATCH_SIZE=2,
+            RUNINFRA_GATEWAY_MAX_ATTEMPTS=1,
+            **env,
+        )
+
+        async def record(request_id: str) -> None:
+            self.request_ids.append(request_id)
+
+        return HandlerContext(settings, self.redis, event_id, 0, GatewayClient.from_settings(settings), record)
+
+    async def run(self, event: DeploymentReady | DeploymentUpdated, **env: object) -> None:
+        ctx = self.context(event.id, **env)
+        assert ctx.gateway is not None
+        try:
+            await embeddings.handle(event, ctx)
+        finally:
+            await ctx.gateway.aclose()
+
+    def embed_calls(self) -> list[dict[str, Any]]:
+        return [c for c in self.stub.calls() if c["route"] == "/v1/embeddings"]
+
+
+@pytest.fixture
+def runner(redis: Redis, redis_url: str, tmp_path: Path, stub: StubServer) -> Runner:
+    return Runner(redis, redis_url, tmp_path, stub)
+
+
+def ready(revision: str = "rev_0001", *, created: int = 1_000, **data: Any) -> DeploymentReady:
+    base = example_event("deployment.ready", created=created)
+    base["data"] = {**base["data"], "model": MODEL, "revision": revision, **data}
+    event = parse_event(base)
+    assert isinstance(event, DeploymentReady)
+    return event
+
+
+def updated(revision: str, previous: str, *, created: int) -> DeploymentUpdated:
+    base = example_event("deployment.updated", created=created)
+    base["data"] = {**base["data"], "model": MODEL, "revision": revision, "previous_revision": previous}
+    event = parse_event(base)
+    assert isinstance(event, DeploymentUpdated)
+    return event
+
+
+def docs(n: int, prefix: str = "text") -> list[str]:
+    return [json.dumps({"id": f"d{i}", "text": f"{prefix} {i}"}) for i in range(n)]
+
+
+async def exported(redis: Redis, collection: str) -> list[dict[str, Any]]:
+    return [row async for row in export_corpus(redis, collection)]
+
+
+# --- pure core ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "payload",
+    [
+        None,
+        [],
+        {"object": "list"},
+        {"data": {}},
+        {"data": [{"index": 0, "embedding": [0.1]}]},
+        {"data": [{"index": 0, "embedding": [0.1]}, {"index": 0, "embedding": [0.2]}]},
+        {"data": [{"index": 0, "embedding": [0.1]}, {"index": 2, "embedding": [0.2]}]},
+        {"data": [{"index": 0, "embedding": [0.1]}, {"index": True, "embedding": [0.2]}]},
+        {"data": [{"index": 0, "embedding": [0.1]}, {"index": 1, "embedding": []}]},
+        {"data": [{"index": 0, "embedding": [0.1]}, {"index": 1, "embedding": ["x"]}]},
+        {"data": [{"index": 0, "embedding": [0.1]}, {"index": 1, "embedding": [float("nan")]}]},
+        {"data": [{"index": 0, "embedding": [0.1]}, {"index": 1, "embedding": [0.1, 0.2]}]},
+        {"data": [{"index": 0, "embedding": [0.1]}, "not an object"]},
+    ],
+)
+def test_malformed_embeddings_response_is_permanent(payload: Any) -> None:
+    """Anything but one finite vector of one dimension per input, by index, is invalid_gateway_response."""
+    with pytest.raises(PermanentError) as caught:
+        embeddings.parse_embeddings(payload, 2)
+    assert caught.value.code == "invalid_gateway_response"
+
+
+def test_embeddings_response_is_ordered_by_index() -> None:
+    """Vectors are returned in input order even when the response lists them out of order."""
+    payload = {"data": [{"index": 1, "embedding": [2, 2]}, {"index": 0, "embedding": [1.5, 1]}]}
+    assert embeddings.parse_embeddings(payload, 2) == [[1.5, 1.0], [2.0, 2.0]]
+
+
+# --- the reaction -------------------------------------------------------------------------------------
+async def test_embeds_collection_in_batches_with_keys_and_auth(runner: Runner, redis: Redis) -> None:
+    """Five documents at batch size 2 are three POSTs, in load order, with bearer auth and per-batch keys."""
+    await load_corpus(redis, docs(5), collection="kb", model=MODEL)
+    event = ready()
+    await runner.run(event)
+
+    calls = runner.embed_calls()
+    assert [c["body"] for c in calls] == [
+        {"model": MODEL, "input": ["text 0", "text 1"]},
+        {"model": MODEL, "input": ["text 2", "text 3"]},
+        {"model": MODEL, "input": ["text 4"]},
+    ]
+    expected_keys = [idempotency_key(event.id, "embed:kb:rev_0001:1", i, 0) for i in range(3)]
+    assert [c["idempotency_key"] for c in calls] == expected_keys
+    assert all(c["authorization_ok"] and c["status"] == 200 for c in calls)
+    assert all(uuid.UUID(c["client_request_id"]) for c in calls)
+    assert runner.request_ids == [c["request_id"] for c in calls]
+    assert runner.stub.charges()["total"] == 3
+
+
+async def test_stores_vectors_with_model_and_revision_for_export(runner: Runner, redis: Redis) -> None:
+    """After the run the revision is active, progress is gone and export gives the gateway's vectors."""
+    await load_corpus(redis, docs(3), collection="kb", model=MODEL)
+    await runner.run(ready())
+
+    meta = await redis.hgetall(keys.corpus_meta("kb"))
+    assert meta[b"revision"] == b"rev_0001"
+    assert not await redis.exists(keys.corpus_progress("kb", "rev_0001"))
+    rows = await exported(redis, "kb")
+    returned = [item for c in runner.embed_calls() for item in c["body"]["input"]]
+    assert [r["id"] for r in rows] == ["d0", "d1", "d2"] and len(returned) == 3
+    assert {(r["model"], r["revision"]) for r in rows} == {(MODEL, "rev_0001")}
+    assert all(len(r["embedding"]) == 8 and all(isinstance(x, float) for x in r["embedding"]) for r in rows)
+    assert len({tuple(r["embedding"]) for r in rows}) == 3
+
+
+async def test_resumes_after_failed_batch_calling_only_remaining_batches(runner: Runner, redis: Redis) -> None:
+    """A failure on batch 3 of 5 leaves two batches stored; the retry calls batches 3-5 only, 5 charges in all."""
+    await load_corpus(redis, docs(10), collection="kb", model=MODEL)
+    event = ready()
+    runner.stub.set_faults(route="/v1/embeddings", script=[200, 200, 503])
+    with pytest.raises(GatewayTransientError):
+        await runner.run(event)
+    assert await redis.get(keys.corpus_progress("kb", "rev_0001")) == b"2"
+
+    await runner.run(event)
+    inputs = [c["body"]["input"][0] for c in runner.embed_calls()]
+    assert inputs == ["text 0", "text 2", "text 4", "text 4", "text 6", "text 8"]
+    charges = runner.stub.charges()
+    assert charges["total"] == 5
+    assert set(charges["by_key"].values()) == {1}
+    assert len(await exported(redis, "kb")) == 10
+
+
+async def test_batch_charged_before_crash_is_replayed_not_recharged(
+    runner: Runner, redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crash after the gateway answered but before the commit resends the same key: replayed, not charged."""
+    await load_corpus(redis, docs(6), collection="kb", model=MODEL)
+    event = ready()
+    real_commit = corpus.commit_batch
+
+    async def crash_on_second(redis: Redis, build: corpus.Build, index: int, vectors: Any) -> bool:
+        if index == 1:
+            raise ConnectionError("worker died")
+        return await real_commit(redis, build, index, vectors)
+
+    monkeypatch.setattr(embeddings, "commit_batch", crash_on_second)
+    with pytest.raises(ConnectionError):
+        await runner.run(event)
+    monkeypatch.setattr(embeddings, "commit_batch", real_commit)
+    await runner.run(event)
+
+    calls = runner.embed_calls()
+    assert [c["replayed"] for c in calls] == [False, False, True, False]
+    assert runner.stub.charges()["total"] == 3
+    assert len(await exported(redis, "kb")) == 6
+
+
+async def test_same_revision_twice_makes_no_new_calls(runner: Runner, redis: Redis) -> None:
+    """Once a collection is active at the revision, another run for it calls nothing."""
+    await load_corpus(redis, docs(3), collection="kb", model=MODEL)
+    event = ready()
+    await runner.run(event)
+    await runner.run(event)
+    await runner.run(ready())  # another event, same revision
+    assert len(runner.embed_calls()) == 2
+    assert runner.stub.charges()["total"] == 2
+
+
+async def test_ignores_deployments_of_other_modalities(runner: Runner, redis: Redis) -> None:
+    """A ready deployment whose modality is not embeddings embeds nothing."""
+    await load_corpus(redis, docs(3), collection="kb", model=MODEL)
+    await runner.run(ready(modality="llm"))
+    assert runner.stub.calls() == []
+    assert b"revision" not in await redis.hgetall(keys.corpus_meta("kb"))
+
+
+async def test_embeds_only_collections_bound_to_the_event_model(runner: Runner, redis: Redis) -> None:
+    """Every collection of the event's model is embedded; a collection of another model is left alone."""
+    await load_corpus(redis, docs(1, "alpha"), collection="a", model=MODEL)
+    await load_corpus(redis, docs(1, "beta"), collection="b", model=MODEL)
+    await load_corpus(redis, docs(1, "other"), collection="c", model="other-model")
+    await runner.run(ready())
+    assert sorted(c["body"]["input"][0] for c in runner.embed_calls()) == ["alpha 0", "beta 0"]
+    assert await redis.hget(keys.corpus_meta("c"), "revision") is None
+
+
+async def test_updated_revision_reembeds_and_drops_previous_vectors(runner: Runner, redis: Redis) -> None:
+    """deployment.updated to a new revision re-embeds, flips the revision and deletes the old vectors."""
+    await load_corpus(redis, docs(3), collection="kb", model=MODEL)
+    await runner.run(ready("rev_0001", created=1_000))
+    await runner.run(updated("rev_0002", "rev_0001", created=2_000))
+    assert len(runner.embed_calls()) == 4
+    assert {r["revision"] for r in await exported(redis, "kb")} == {"rev_0002"}
+    assert not await redis.exists(keys.corpus_vectors("kb", "rev_0001"))
+
+
+async def test_late_older_event_does_not_replace_newer_revision(runner: Runner, redis: Redis) -> None:
+    """An out-of-order ready for an older revision arriving after a newer one is embedded changes nothing."""
+    await load_corpus(redis, docs(3), collection="kb", model=MODEL)
+    await runner.run(updated("rev_0002", "rev_0001", created=2_000))
+    await runner.run(ready("rev_0001", created=1_000))
+    assert len(runner.embed_calls()) == 2
+    assert {r["revision"] for r in await exported(redis, "kb")} == {"rev_0002"}
+
+
+async def test_load_during_build_restarts_it_with_new_keys(
+    runner: Runner, redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A load mid-build makes the attempt transient; the retry embeds the new corpus under new keys."""
+    await load_corpus(redis, docs(4), collection="kb", model=MODEL)
+    event = ready()
+    real_commit = corpus.commit_batch
+
+    async def load_then_commit(redis: Redis, build: corpus.Build, index: int, vectors: Any) -> bool:
+        if index == 1 and build.version == 1:
+            await load_corpus(redis, [json.dumps({"id": "d0", "text": "changed"})], collection="kb", model=MODEL)
+        return await real_commit(redis, build, index, vectors)
+
+    monkeypatch.setattr(embeddings, "commit_batch", load_then_commit)
+    with pytest.raises(TransientError, match="starts over"):
+        await runner.run(event)
+    await runner.run(event)
+
+    calls = runner.embed_calls()
+    assert [c["body"]["input"] for c in calls[2:]] == [["changed", "text 1"], ["text 2", "text 3"]]
+    assert len({c["idempotency_key"] for c in calls}) == 4
+    rows = await exported(redis, "kb")
+    assert [r["id"] for r in rows] == ["d0", "d1", "d2", "d3"]
+
+
+async def test_empty_collection_becomes_active_without_calls(runner: Runner, redis: Redis) -> None:
+    """A collection with no documents flips to the revision without calling the gateway."""
+    await load_corpus(redis, [], collection="kb", model=MODEL)
+    await runner.run(ready())
+    assert runner.stub.calls() == []
+    assert await exported(redis, "kb") == []
