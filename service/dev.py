@@ -58,7 +58,7 @@ def run_dev(*, port: int, stub_port: int, redis_url: str | None, workdir: Path =
             redis = subprocess.Popen(
                 [redis_bin, "--port", str(redis_port), "--bind", "127.0.0.1", "--dir",
                  str((workdir / "redis").resolve()), "--appendonly", "yes", "--appendfsync", "always",
-                 "--save", "", "--logfile", "redis.log"])
+                 "--save", "", "--logfile", "redis.log"], start_new_session=True)
             procs.append(("redis", redis))
             _wait_port(redis_port, redis, "redis-server")
             redis_url = f"redis://127.0.0.1:{redis_port}/0"
@@ -71,11 +71,12 @@ def run_dev(*, port: int, stub_port: int, redis_url: str | None, workdir: Path =
             env.setdefault("RUNINFRA_TTS_VOICE", "af_heart")
 
         stub = subprocess.Popen([*me, "gateway-stub", "--port", str(stub_port), "--api-key", env["RUNINFRA_API_KEY"]],
-                                env=env)
+                                env=env, start_new_session=True)
         procs.append(("gateway-stub", stub))
         _wait_port(stub_port, stub, "gateway-stub")
-        procs.append(("worker", subprocess.Popen([*me, "worker"], env=env)))
-        receiver = subprocess.Popen([*me, "serve", "--port", str(port)], env=env)
+        procs.append(("worker", subprocess.Popen([*me, "worker"], env=env, start_new_session=True)))
+        receiver = subprocess.Popen([*me, "serve", "--port", str(port)], env=env,
+                                    start_new_session=True)
         procs.append(("receiver", receiver))
         _wait_port(port, receiver, "receiver")
 
@@ -93,10 +94,11 @@ def run_dev(*, port: int, stub_port: int, redis_url: str | None, workdir: Path =
     except KeyboardInterrupt:
         return 0
     finally:
+        # Children run in their own sessions, so Ctrl-C reaches only us and they stop in order:
+        # receiver and worker first, Redis last (a worker finishing a job still needs it).
         for _, p in reversed(procs):
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
-        for _, p in reversed(procs):
             try:
                 p.wait(timeout=25)
             except subprocess.TimeoutExpired:
