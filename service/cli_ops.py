@@ -59,7 +59,7 @@ def serve(settings: Settings, host: str, port: int) -> int:
 
     configure_logging(settings.log_level)
     # Every delivery is logged once by the receiver with its outcome; uvicorn's access log would repeat it.
-    uvicorn.run(create_app(settings), host=host, port=port, access_log=False, log_level="warning",
+    uvicorn.run(create_app(settings), host=host, port=port, access_log=False, log_config=None,
                 timeout_graceful_shutdown=10)
     return 0
 

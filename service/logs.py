@@ -1,5 +1,6 @@
 """structlog set-up: one JSON object per line, stable dotted event names, bound fields.
 
+Library logs (uvicorn, arq, httpx) go through the same renderer, so every line of a process is JSON.
 Secrets never reach a log call: settings hold them as SecretStr, the receiver logs outcome codes, not
 headers, and the gateway client logs idempotency keys and request ids, never the Authorization header.
 """
@@ -16,12 +17,25 @@ __all__ = ["configure_logging"]
 
 def configure_logging(level: str = "info") -> None:
     numeric = logging.getLevelName(level.upper())
-    logging.basicConfig(stream=sys.stdout, level=numeric, format="%(message)s", force=True)
+    timestamper = structlog.processors.TimeStamper(fmt="iso", utc=True)
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                        structlog.processors.JSONRenderer()],
+            foreign_pre_chain=[structlog.stdlib.add_logger_name, structlog.processors.add_log_level, timestamper],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(numeric)
+    # httpx logs every request line at INFO; our gateway.call event carries more (key, request id) already.
+    logging.getLogger("httpx").setLevel(max(numeric, logging.WARNING))
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            timestamper,
             structlog.processors.format_exc_info,
             structlog.processors.JSONRenderer(),
         ],

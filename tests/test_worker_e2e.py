@@ -208,3 +208,40 @@ def test_a_killed_worker_s_event_is_finished_by_a_new_worker_within_60_s(
         charges = slow.charges()
         assert charges["total"] == 1, charges
         assert all(n == 1 for n in charges["by_key"].values())
+
+
+def test_sigterm_lets_a_running_job_finish_before_the_worker_exits(
+    receiver_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    """Graceful shutdown: a job in a slow gateway call completes, then the worker exits within the grace."""
+    with start_gateway_stub(latency=2.0) as slow:
+        env = stack_env(redis_url, slow.base_url, tmp_path / "artifacts", RUNINFRA_SHUTDOWN_GRACE="10")
+        event = example_event("transcription.completed")
+        proc = Proc(["worker"], env, tmp_path / "w.log")
+        deliver(receiver_url, event)
+        wait_until(lambda: len(speech_calls(slow)) == 1, timeout=20, what="the speech call to start")
+        stopping = time.monotonic()
+        code = proc.terminate(timeout=30)
+        assert time.monotonic() - stopping < 12
+        assert code == 0, proc.output()[-2000:]
+        assert state_of(env, event["id"])["state"] == "succeeded"
+        assert slow.charges()["total"] == 1
+
+
+def test_replay_all_dead_lettered_requeues_each_with_progress(
+    receiver_url: str, env: dict[str, str], worker: Proc, stub: StubServer
+) -> None:
+    """Three events dead-lettered by 400s are all replayed with new keys and then succeed."""
+    stub.set_faults(route="/v1/audio/speech", script=[400, 400, 400])
+    events = [example_event("transcription.completed") for _ in range(3)]
+    for event in events:
+        deliver(receiver_url, event)
+    for event in events:
+        wait_state(env, event["id"], "dead_lettered")
+    out = cli(env, "replay", "--all-dead-lettered")
+    assert out.returncode == 0, out.stderr
+    assert {json.loads(line)["event_id"] for line in out.stdout.splitlines()} == {e["id"] for e in events}
+    assert "replayed 3/3" in out.stderr
+    for event in events:
+        assert wait_state(env, event["id"], "succeeded")["generation"] == 1
+    assert stub.charges()["total"] == 3
