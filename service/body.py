@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import asyncio
 
-from starlette.requests import Request
+import structlog
+from starlette.requests import ClientDisconnect, Request
 
-from service.problems import BodyTooLarge, RequestTimeout
+from service.problems import BodyTooLarge, ClientDisconnected, RequestTimeout
+from service.request_id import request_id_of
 
 __all__ = ["read_limited_body"]
+
+log = structlog.get_logger("service.body")
 
 
 async def read_limited_body(request: Request, *, limit: int, timeout: float) -> bytes:
@@ -30,4 +34,8 @@ async def read_limited_body(request: Request, *, limit: int, timeout: float) -> 
                 chunks.append(chunk)
     except TimeoutError:
         raise RequestTimeout(f"body not received within {timeout:g} s") from None
+    except ClientDisconnect:
+        # The client hung up mid-body: an ordinary event, not a server error (the answer goes nowhere).
+        log.info("webhook.client_disconnected", request_id=request_id_of(request.scope), received=size)
+        raise ClientDisconnected(f"the client closed the connection after {size} body bytes") from None
     return b"".join(chunks)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints, TypeAdapter, field_validator
 
 __all__ = [
     "CATALOGUE",
@@ -48,7 +48,31 @@ class Envelope(_Model):
 
 
 # --- data shapes ---------------------------------------------------------------------------------
-class DeploymentRef(_Model):
+def _unicode_text(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            msg = "not Unicode text (a lone surrogate such as \\ud800)"
+            raise ValueError(msg) from None
+    elif isinstance(value, list):
+        for item in value:
+            _unicode_text(item)
+    return value
+
+
+class _Data(_Model):
+    """A ``data`` shape. JSON may escape a lone surrogate (``"\\udce9"``); such a string can never be
+    encoded to reach Redis or the gateway, so it fails the model (dead-lettered at once) rather than
+    failing every retry of the job."""
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _text_is_unicode(cls, value: Any) -> Any:
+        return _unicode_text(value)
+
+
+class DeploymentRef(_Data):
     deployment_id: str
     pipeline_id: str
 
@@ -73,7 +97,7 @@ class DeploymentUpdatedData(DeploymentInfo):
     previous_revision: str
 
 
-class DeploymentError(_Model):
+class DeploymentError(_Data):
     code: str
     message: str
 
@@ -82,7 +106,7 @@ class DeploymentFailedData(DeploymentInfo):
     error: DeploymentError
 
 
-class TranscriptionCompletedData(_Model):
+class TranscriptionCompletedData(_Data):
     request_id: str
     pipeline_id: str
     model: str

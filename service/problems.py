@@ -9,6 +9,7 @@ from starlette.responses import Response
 
 __all__ = [
     "BodyTooLarge",
+    "ClientDisconnected",
     "InvalidEvent",
     "InvalidJSONBody",
     "MethodNotAllowed",
@@ -47,6 +48,12 @@ class BodyTooLarge(Problem):
 
 class RequestTimeout(Problem):
     status, code, title = 408, "request_timeout", "Request body not received in time"
+
+
+class ClientDisconnected(Problem):
+    """Nobody receives this answer; it exists so a hang-up ends the request quietly, not as a 500."""
+
+    status, code, title = 400, "client_disconnected", "Client closed the connection before the whole body"
 
 
 class InvalidJSONBody(Problem):
