@@ -7,12 +7,31 @@ headers, and the gateway client logs idempotency keys and request ids, never the
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
+from typing import Any
 
 import structlog
 
 __all__ = ["configure_logging"]
+
+
+def _fallback(obj: Any) -> Any:
+    """What structlog's JSONRenderer does with a value json cannot encode: __structlog__(), else repr()."""
+    try:
+        return obj.__structlog__()
+    except AttributeError:
+        return repr(obj)
+
+
+# json.dumps(..., default=...) builds a new encoder on every call; one encoder with the same settings gives
+# the same line (one log line per delivery is on the receiver's hot path).
+_ENCODER = json.JSONEncoder(default=_fallback)
+
+
+def _dumps(obj: Any, **_: Any) -> str:
+    return _ENCODER.encode(obj)
 
 
 def configure_logging(level: str = "info") -> None:
@@ -37,7 +56,7 @@ def configure_logging(level: str = "info") -> None:
             structlog.processors.add_log_level,
             timestamper,
             structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(),
+            structlog.processors.JSONRenderer(serializer=_dumps),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.WriteLoggerFactory(file=sys.stdout),

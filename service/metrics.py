@@ -27,3 +27,11 @@ class ReceiverMetrics:
         self.redis_errors = Counter(
             "runinfra_webhook_redis_errors", "Redis calls that failed", registry=self.registry
         )
+        self._by_outcome: dict[str, Counter] = {}
+
+    def delivered(self, outcome: str) -> None:
+        """``deliveries{outcome}`` += 1, with the labelled child looked up once per outcome (hot path)."""
+        child = self._by_outcome.get(outcome)
+        if child is None:
+            child = self._by_outcome[outcome] = self.deliveries.labels(outcome)
+        child.inc()

@@ -5,8 +5,8 @@ A pure ASGI middleware (not BaseHTTPMiddleware, which would buffer and re-wrap t
 
 from __future__ import annotations
 
+import os
 import re
-import uuid
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -15,6 +15,29 @@ __all__ = ["RequestIdMiddleware", "request_id_of"]
 
 _SANE = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
 _SCOPE_KEY = "rwh.request_id"
+
+
+class _Ids:
+    """New ids in ``uuid.uuid4().hex``'s format, from urandom read 4 KiB at a time instead of 16 bytes per call."""
+
+    _BATCH = 256
+
+    def __init__(self) -> None:
+        self._buf = b""
+        self._pos = 0
+        self._pid = 0
+
+    def new(self) -> str:
+        if self._pos >= len(self._buf) or self._pid != os.getpid():  # never share bytes with a forked child
+            self._buf, self._pos, self._pid = os.urandom(16 * self._BATCH), 0, os.getpid()
+        raw = bytearray(self._buf[self._pos:self._pos + 16])
+        self._pos += 16
+        raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
+        raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
+        return raw.hex()
+
+
+_new_id = _Ids().new
 
 
 def request_id_of(scope: Scope) -> str:
@@ -35,7 +58,7 @@ class RequestIdMiddleware:
             if name == b"x-request-id" and _SANE.match(value):
                 rid = value.decode()
                 break
-        scope[_SCOPE_KEY] = rid = rid or uuid.uuid4().hex
+        scope[_SCOPE_KEY] = rid = rid or _new_id()
         raw = rid.encode()
 
         async def send_with_id(message: Message) -> None:
