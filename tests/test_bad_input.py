@@ -338,7 +338,7 @@ def test_a_chunked_body_just_over_the_limit_is_413_and_at_the_limit_is_read(live
 def test_a_one_byte_a_second_client_gets_408_while_others_are_served(live: str, chunked: bool) -> None:
     """A body trickling in at 1 byte/s is cut off at the body time limit with 408 request_timeout.
 
-    Meanwhile ten other deliveries are answered promptly: the slow client holds no slot anyone waits for.
+    Meanwhile other deliveries are answered promptly: the slow client holds no slot anyone waits for.
     """
     host, port = _host_port(live)
     body = envelope_bytes()
@@ -362,13 +362,15 @@ def test_a_one_byte_a_second_client_gets_408_while_others_are_served(live: str, 
 
     thread = threading.Thread(target=slow_client)
     thread.start()
-    time.sleep(0.5)
+    time.sleep(0.3)
+    served_meanwhile = 0
     try:
-        for _ in range(10):
-            assert_healthy(live)
-        assert thread.is_alive(), "the slow client should still be trickling"
+        while thread.is_alive() and served_meanwhile < 10:
+            assert_healthy(live)  # each within 3 s, a delivery and a probe
+            served_meanwhile += thread.is_alive()  # count only what finished while the slow body was pending
     finally:
         thread.join(BODY_TIMEOUT + 10)
+    assert served_meanwhile >= 3, "the receiver did not serve others while a slow body was pending"
     answer: bytes = result["answer"]
     assert answer.startswith(b"HTTP/1.1 408 "), answer[:300]
     problem = json.loads(answer.split(b"\r\n\r\n", 1)[1])

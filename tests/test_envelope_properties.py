@@ -49,6 +49,7 @@ json_values = st.recursive(
     max_leaves=20,
 )
 json_objects = st.dictionaries(any_text, json_values, max_size=6)
+small_text = st.text(st.characters(max_codepoint=0x17F, exclude_categories=("Cs",)), max_size=12)
 
 
 def _json_bytes(value: Any) -> bytes:
@@ -78,7 +79,7 @@ def valid_envelope(type_: str) -> dict[str, Any]:
 
 
 # --- bytes -> JSON object --------------------------------------------------------------------------
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(almost_json)
 @example(b"[" * 100_000)
 @example(b'{"a":' + b"[" * 990 + b"]" * 990 + b"}")
@@ -111,7 +112,10 @@ def test_json_that_is_not_an_object_is_invalid(value: Any) -> None:
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.filter_too_much])
-@given(json_objects, st.sampled_from(["latin-1", "utf-16", "utf-32", "cp1252"]))
+@given(
+    st.dictionaries(small_text, st.one_of(small_text, st.integers(), st.booleans()), min_size=1, max_size=4),
+    st.sampled_from(["latin-1", "utf-16", "utf-32", "cp1252"]),
+)
 def test_non_utf8_encodings_are_invalid_unless_the_bytes_are_identical(obj: dict[str, Any], codec: str) -> None:
     """The body must be UTF-8: other encodings are rejected unless they happen to produce the same bytes."""
     text = json.dumps(obj, ensure_ascii=False)
@@ -138,7 +142,7 @@ def test_non_standard_constants_are_invalid(constant: str) -> None:
 
 
 # --- object -> envelope ----------------------------------------------------------------------------
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(st.one_of(
     json_objects,
     st.builds(lambda base, extra: {**base, **extra},
@@ -197,7 +201,7 @@ def test_id_accepted_exactly_when_printable_ascii_without_whitespace(event_id: s
     assert accepted == bool(ID_RULE.fullmatch(event_id))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(st.one_of(any_text, st.from_regex(TYPE_RULE, fullmatch=True).filter(lambda s: len(s) <= 300)))
 def test_type_accepted_exactly_when_dotted_lowercase_words(type_: str) -> None:
     obj = {"id": "evt_1", "type": type_, "created": 1, "data": {}}
@@ -288,7 +292,7 @@ def test_an_unknown_modality_is_kept_never_rejected(type_: str, modality: str) -
     assert parse_event(obj).data.modality == modality  # type: ignore[union-attr]
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(almost_json)
 def test_the_receiver_classification_of_any_signed_body_is_total(body: bytes) -> None:
     """What the receiver does after the signature: exactly one of its five answers for any bytes."""
