@@ -132,7 +132,8 @@ def test_rejects_bad_signatures_with_their_outcome_code(
     assert db.dbsize() == 0
 
 
-@pytest.mark.parametrize(("offset", "code"), [(-301, "timestamp_too_old"), (301, "timestamp_too_new")])
+# 30 s past the edge: the client and the server read the clock at different instants.
+@pytest.mark.parametrize(("offset", "code"), [(-330, "timestamp_too_old"), (330, "timestamp_too_new")])
 def test_rejects_timestamps_outside_the_tolerance(receiver_url: str, offset: int, code: str) -> None:
     """A correctly signed delivery whose t is more than 300 s off is a 401 with the timestamp code."""
     body, headers = signed_delivery(timestamp=int(time.time()) + offset)
