@@ -1,0 +1,1 @@
+"""Benchmarks of the receiver and the workers; run with ``.venv/bin/python -m bench`` (see docs/BENCHMARKS.md)."""

@@ -1,0 +1,71 @@
+"""One worker process of the drain bench, run by ``bench.run`` in a subprocess pinned to a core.
+
+``python -m bench.drain real``  the project's worker exactly as ``python -m service worker --burst`` builds it
+``python -m bench.drain noop``  a stock arq Worker running a no-op function, with the same serializer,
+                                max_jobs, poll_delay and keep_result as the project's worker
+
+Both read the settings from the environment like the CLI, configure logging like the CLI, and print one
+JSON line: wall-clock start and end of the worker's main loop (from connecting to Redis to the burst
+exit), and arq's job counters. CPU time is read by the parent from the process's rusage.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any
+
+from arq import Worker
+from arq.connections import RedisSettings
+from arq.worker import func
+
+from service.logs import configure_logging
+from service.settings import load_settings
+from workers.settings import build_worker, json_deserializer, json_serializer
+
+NOOP = "bench_noop"
+
+
+async def noop(ctx: dict[str, Any], *args: Any) -> None:
+    return None
+
+
+def main() -> None:
+    mode = sys.argv[1]
+    settings = load_settings()
+    configure_logging(settings.log_level)
+    if mode == "real":
+        worker = build_worker(settings, burst=True)
+    elif mode == "noop":
+        worker = Worker(
+            functions=[func(noop, name=NOOP)],
+            redis_settings=RedisSettings.from_dsn(settings.redis_url),
+            job_serializer=json_serializer,
+            job_deserializer=json_deserializer,
+            max_jobs=settings.worker_concurrency,
+            poll_delay=settings.worker_poll_delay,
+            keep_result=0,
+            burst=True,
+            handle_signals=False,
+        )
+    else:
+        raise SystemExit(f"unknown mode {mode!r}")
+
+    times: dict[str, float] = {}
+    inner = worker.main
+
+    async def timed_main() -> None:
+        times["start"] = time.time()
+        await inner()
+        times["end"] = time.time()
+
+    worker.main = timed_main  # type: ignore[method-assign]
+    worker.run()
+    out = {"mode": mode, **times, "complete": worker.jobs_complete, "failed": worker.jobs_failed,
+           "retried": worker.jobs_retried}
+    sys.stderr.write("DRAIN_JSON " + json.dumps(out) + "\n")
+
+
+if __name__ == "__main__":
+    main()

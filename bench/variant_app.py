@@ -1,0 +1,51 @@
+"""The receiver with parts switched off, to attribute its per-request cost (bench only, never deployed).
+
+    python -m bench.variant_app --port P --variant full|no-redis|no-redis-no-log
+
+``no-redis`` answers every verified delivery as if the ingest script had queued it (no Redis call, and no
+audit digest / command packing either, since those live in ``Ingestor``); ``no-log`` also drops the
+receiver's one log line per delivery. Everything else (uvicorn options, middleware, verification, parsing,
+metrics, the answer) is the real app from ``service.app.create_app``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import uvicorn
+
+import service.receiver as receiver_module
+from service.app import create_app
+from service.ingest import Delivery, Ingestor, IngestOutcome
+from service.logs import configure_logging
+from service.settings import load_settings
+
+
+class _NoLog:
+    def info(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    warning = info
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--variant", choices=["full", "no-redis", "no-redis-no-log"], required=True)
+    a = p.parse_args()
+    settings = load_settings()
+    configure_logging(settings.log_level)
+    if a.variant.startswith("no-redis"):
+        async def ingest(self: Ingestor, d: Delivery) -> IngestOutcome:
+            return IngestOutcome.QUEUED
+
+        Ingestor.ingest = ingest  # type: ignore[method-assign]
+    if a.variant.endswith("no-log"):
+        receiver_module.log = _NoLog()  # type: ignore[assignment]
+    uvicorn.run(create_app(settings), host="127.0.0.1", port=a.port, access_log=False, log_level="warning",
+                timeout_graceful_shutdown=10)
+
+
+if __name__ == "__main__":
+    main()
