@@ -384,7 +384,7 @@ PROFILE_BUCKETS = {
     "JSON parse (parse_json_object)": ["parse_json_object"],
     "pydantic envelope + event": ["parse_envelope", "parse_event"],
     "audit digest (sha256)": ["entry_digest"],
-    "Ingestor.ingest (redis-py EVALSHA incl. wait)": ["ingest (service/ingest.py"],
+    "Ingestor (command, coalesced round trip)": ["ingest (service/ingest.py", "_flush (service/ingest.py"],
     "structlog log line": ["structlog/", "_proxy_to_logger", " info (structlog"],
     "prometheus metrics": ["prometheus_client/"],
     "JSONResponse render": ["render (starlette/responses.py", "init_headers"],
