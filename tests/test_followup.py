@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import wave
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -19,30 +18,11 @@ from service import keys
 from service.events import TranscriptionCompleted, parse_event
 from tests.builders import example_event
 from tests.conftest import make_settings
-from tests.stubserver import STUB_API_KEY, StubServer, start_gateway_stub
+from tests.stubserver import STUB_API_KEY, StubServer
 from workers.gateway import GatewayClient, GatewayTransientError, idempotency_key
 
 TRANSCRIPT = "Hi, this is Dana. Can you call me back about the invoice?"
 VOICE = {"RUNINFRA_TTS_MODEL": "kokoro", "RUNINFRA_TTS_VOICE": "af_heart"}
-
-
-@pytest.fixture(scope="module")
-def stub_server() -> Iterator[StubServer]:
-    with start_gateway_stub() as server:
-        yield server
-
-
-@pytest.fixture
-def stub(stub_server: StubServer) -> StubServer:
-    stub_server.reset()
-    return stub_server
-
-
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
 
 
 class Runner:

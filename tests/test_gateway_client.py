@@ -7,7 +7,7 @@ import json
 import re
 import socket
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -15,7 +15,7 @@ import pytest
 import structlog
 
 from service.settings import Settings
-from tests.stubserver import STUB_API_KEY, StubServer, start_gateway_stub
+from tests.stubserver import STUB_API_KEY, StubServer
 from workers.gateway import (
     GatewayClient,
     GatewayError,
@@ -29,18 +29,6 @@ EMBED = {"model": "stub-embed", "input": ["a", "b"]}
 KEY = idempotency_key("evt_1", "embed", 0, 0)
 
 MakeClient = Callable[..., GatewayClient]
-
-
-@pytest.fixture(scope="module")
-def stub_server() -> Iterator[StubServer]:
-    with start_gateway_stub() as server:
-        yield server
-
-
-@pytest.fixture
-def stub(stub_server: StubServer) -> StubServer:
-    stub_server.reset()
-    return stub_server
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 import wave
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -21,18 +20,6 @@ from tests.stubserver import STUB_API_KEY, StubServer, start_gateway_stub
 
 AUTH = {"Authorization": f"Bearer {STUB_API_KEY}"}
 EMBED = {"model": "stub-embed", "input": ["hello world", "second"]}
-
-
-@pytest.fixture(scope="module")
-def stub_server() -> Iterator[StubServer]:
-    with start_gateway_stub() as server:
-        yield server
-
-
-@pytest.fixture
-def stub(stub_server: StubServer) -> StubServer:
-    stub_server.reset()
-    return stub_server
 
 
 def post(
