@@ -87,6 +87,8 @@ class _Call:
 
 
 class Ingestor:
+    """Runs the ingest script per delivery, coalescing concurrent deliveries; use from one event loop."""
+
     def __init__(
         self, redis: Redis, *, dedup_ttl: int, event_retention: int, dead_letter_retention: int,
         job_expiry_s: int,
