@@ -30,6 +30,37 @@ __all__ = ["build_worker", "json_deserializer", "json_serializer"]
 
 log = structlog.get_logger("workers.settings")
 ARQ_MARGIN_S = 5
+REDIS_RETRY_S = 1.0
+
+
+class _Worker(Worker):
+    """arq's Worker, except that a Redis outage does not end the process.
+
+    Stock arq lets a connection error from its poll loop (or from a job's own bookkeeping, re-raised there)
+    escape ``main()``, so one Redis restart stops every worker and the queue waits for a human. Here the poll
+    loop logs it and tries again; jobs caught mid-flight come back through arq's in-progress expiry or
+    the sweep, like after a worker crash.
+    """
+
+    async def _poll_iteration(self) -> None:
+        try:
+            await super()._poll_iteration()
+        except STORAGE_ERRORS as exc:
+            log.warning("worker.redis_unavailable", error=type(exc).__name__, retry_in=REDIS_RETRY_S)
+            await asyncio.sleep(REDIS_RETRY_S)
+
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        for job_id in job_ids:
+            if self.job_counter >= self.max_jobs:
+                return
+            try:
+                await super().start_jobs([job_id])
+            except STORAGE_ERRORS:
+                # arq counted a slot for this job before the Redis round trip that failed, and never frees it:
+                # without this, each outage would leak slots until the worker runs nothing at all.
+                self.job_counter -= 1
+                self.sem.release()
+                raise
 
 
 def json_serializer(obj: Any) -> bytes:
@@ -74,7 +105,7 @@ def build_worker(settings: Settings, *, burst: bool = False) -> Worker:
             await deps.gateway.aclose()
         log.info("worker.stopped")
 
-    return Worker(
+    return _Worker(
         functions=[func(process_event, name=keys.PROCESS_EVENT, timeout=settings.job_timeout + ARQ_MARGIN_S,
                         # our own attempt limit dead-letters first; arq's only guards against a loop
                         max_tries=settings.max_attempts + 20)],

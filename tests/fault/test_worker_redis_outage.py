@@ -1,0 +1,45 @@
+"""The worker's own handling of a Redis outage (the process-level proof is test_redis_kill.py).
+
+Stock arq ends the worker process on the first connection error of its poll loop, and a connection error
+while starting a job leaks that job's slot for good. The worker must instead log, wait and go on, with
+every slot intact.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from tests.conftest import make_settings
+from workers.settings import build_worker
+
+pytestmark = pytest.mark.fault
+
+
+class DownPool:
+    """Stands in for arq's Redis pool while Redis is unreachable: every command fails."""
+
+    def __getattr__(self, name: str) -> Any:
+        def fail(*args: Any, **kwargs: Any) -> Any:
+            raise RedisConnectionError("Error 111 connecting to 127.0.0.1: Connection refused.")
+
+        return fail
+
+
+async def test_poll_loop_survives_an_unreachable_redis(redis_url: str, tmp_path: Path) -> None:
+    worker = build_worker(make_settings(redis_url, tmp_path), burst=True)
+    worker._pool = DownPool()  # type: ignore[assignment]
+    await worker._poll_iteration()  # before: ConnectionError escaped and ended the process
+
+
+async def test_a_job_start_that_fails_gives_its_slot_back(redis_url: str, tmp_path: Path) -> None:
+    worker = build_worker(make_settings(redis_url, tmp_path, RUNINFRA_WORKER_CONCURRENCY=2), burst=True)
+    worker._pool = DownPool()  # type: ignore[assignment]
+    for _ in range(3):
+        with pytest.raises(RedisConnectionError):
+            await worker.start_jobs([b"evt_x@0", b"evt_y@0"])
+    assert worker.job_counter == 0  # before: 1 leaked per failure, until the worker ran nothing at all
+    assert not worker.sem.locked()
