@@ -30,9 +30,13 @@ redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
 return redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 """
 
-# ARGV: generation, now, event id, new state, last error, reason, ttl (0 = none)
+# ARGV: generation, now, event id, new state, last error, reason, ttl (0 = none), only while in flight (1/0)
 _FINISH = """
 if redis.call('HGET', KEYS[1], 'generation') ~= ARGV[1] then return 0 end
+if ARGV[8] == '1' then
+  local state = redis.call('HGET', KEYS[1], 'state')
+  if state ~= 'queued' and state ~= 'processing' and state ~= 'retrying' then return 0 end
+end
 redis.call('HSET', KEYS[1], 'state', ARGV[4], 'updated_ms', ARGV[2], 'last_error', ARGV[5], 'reason', ARGV[6])
 if ARGV[4] == 'retrying' then
   redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
@@ -153,10 +157,10 @@ class Records:
         return int(result)
 
     async def _set(self, event_id: str, generation: int, now_ms: int, state: str, error: str, reason: str,
-                   ttl: int) -> bool:
+                   ttl: int, *, only_in_flight: bool = False) -> bool:
         result = await self._finish(
             keys=[keys.event(event_id), keys.INFLIGHT, keys.DEAD_LETTERS],
-            args=[generation, now_ms, event_id, state, error, reason, ttl],
+            args=[generation, now_ms, event_id, state, error, reason, ttl, int(only_in_flight)],
         )
         return bool(result)
 
@@ -168,6 +172,12 @@ class Records:
 
     async def dead_lettered(self, event_id: str, generation: int, now_ms: int, reason: str, error: str) -> bool:
         return await self._set(event_id, generation, now_ms, "dead_lettered", error, reason, self._dead_retention)
+
+    async def lost(self, event_id: str, generation: int, now_ms: int, error: str) -> bool:
+        """The sweep's verdict on a job that vanished past the deadline: dead-letter as ``lost``, but only if
+        the event is still in flight (a worker may have finished it since the sweep looked)."""
+        return await self._set(event_id, generation, now_ms, "dead_lettered", error, "lost", self._dead_retention,
+                               only_in_flight=True)
 
     async def add_request_id(self, event_id: str, request_id: str) -> None:
         await self._add_request_id(keys=[keys.event(event_id)], args=[request_id])

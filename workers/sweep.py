@@ -40,8 +40,8 @@ async def sweep_once(deps: WorkerDeps) -> dict[str, int]:
                 requeued += 1
             continue
         if now_ms - record.received_ms > s.lost_deadline * 1000:
-            await records.dead_lettered(event_id, record.generation, now_ms, "lost", "job vanished past the deadline")
-            lost += 1
+            if await records.lost(event_id, record.generation, now_ms, "job vanished past the deadline"):
+                lost += 1
         elif await records.requeue_if_lost(event_id, record.generation, now_ms):
             requeued += 1
     pruned = await redis.zremrangebyscore(keys.DEAD_LETTERS, "-inf", now_ms - s.dead_letter_retention * 1000)
