@@ -27,7 +27,9 @@ if redis.call('HGET', KEYS[1], 'generation') ~= ARGV[1] then return -2 end
 if state ~= 'queued' and state ~= 'processing' and state ~= 'retrying' then return -3 end
 redis.call('HSET', KEYS[1], 'state', 'processing', 'updated_ms', ARGV[2])
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
-return redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+-- The record comes back with the transition: the job needs it next, and this saves a round trip.
+return redis.call('HGETALL', KEYS[1])
 """
 
 # ARGV: generation, now, event id, new state, last error, reason, ttl (0 = none), only while in flight (1/0)
@@ -151,10 +153,13 @@ class Records:
         raw = await self.redis.hgetall(keys.event(event_id))  # type: ignore[misc]
         return EventRecord.from_hash(raw) if raw else None
 
-    async def start(self, event_id: str, generation: int, now_ms: int) -> int:
-        """Mark processing; the attempt number, or -1 missing, -2 stale generation, -3 already finished."""
+    async def start(self, event_id: str, generation: int, now_ms: int) -> EventRecord | int:
+        """Mark processing and return the record (``attempts`` is this attempt's number), or a reason to
+        skip: -1 the record is gone, -2 a replay superseded this generation, -3 it already finished."""
         result = await self._start(keys=[keys.event(event_id), keys.INFLIGHT], args=[generation, now_ms, event_id])
-        return int(result)
+        if isinstance(result, int):
+            return result
+        return EventRecord.from_hash(dict(zip(result[::2], result[1::2], strict=True)))
 
     async def _set(self, event_id: str, generation: int, now_ms: int, state: str, error: str, reason: str,
                    ttl: int, *, only_in_flight: bool = False) -> bool:

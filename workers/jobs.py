@@ -33,13 +33,12 @@ async def process_event(ctx: dict[str, Any], event_id: str, generation: int) -> 
     deps: WorkerDeps = ctx["deps"]
     records, settings = deps.records, deps.settings
     bound = log.bind(event_id=event_id, generation=generation, job_try=ctx.get("job_try"))
-    attempt = await records.start(event_id, generation, _now_ms())
-    if attempt < 0:
+    record = await records.start(event_id, generation, _now_ms())
+    if isinstance(record, int):
         # -1 record gone, -2 superseded by a replay, -3 already finished: a late or repeated job.
-        bound.info("event.skipped", code=attempt)
+        bound.info("event.skipped", code=record)
         return "skipped"
-    record = await records.get(event_id)
-    assert record is not None  # start() just found it
+    attempt = record.attempts
     bound = bound.bind(type=record.type, attempt=attempt)
 
     try:
