@@ -24,6 +24,10 @@ class HandlerContext:
     gateway: GatewayClient | None
     # Stores a gateway x-request-id with the event's processing state (contract §7).
     record_request_id: Callable[[str], Awaitable[None]]
+    # A handler that saves progress durably (a committed batch) says so: an attempt that progressed and then
+    # timed out or failed transiently does not count towards RUNINFRA_MAX_ATTEMPTS, so a corpus too large for
+    # one attempt is finished over several instead of dead-lettered.
+    note_progress: Callable[[], None] = lambda: None
 
     def key(self, step: str, part: int | str = 0) -> str:
         """The Idempotency-Key of one logical call of this event: same on every retry, new per replay."""

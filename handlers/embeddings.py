@@ -107,7 +107,8 @@ async def embed_collection(ctx: HandlerContext, collection: str, *, model: str, 
             response = await ctx.call_gateway(
                 ROUTE, {"model": model, "input": texts}, step=step_name(build), part=index
             )
-            await commit_batch(ctx.redis, build, index, parse_embeddings(response.json(), len(texts)))
+            if await commit_batch(ctx.redis, build, index, parse_embeddings(response.json(), len(texts))):
+                ctx.note_progress()
         flipped = await finish_build(ctx.redis, build, created=created)
     except CorpusChanged as exc:
         raise TransientError(f"{exc}; the build starts over") from exc

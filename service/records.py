@@ -32,7 +32,8 @@ redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 return redis.call('HGETALL', KEYS[1])
 """
 
-# ARGV: generation, now, event id, new state, last error, reason, ttl (0 = none), only while in flight (1/0)
+# ARGV: generation, now, event id, new state, last error, reason, ttl (0 = none), only while in flight (1/0),
+#       reset attempts (1/0)
 _FINISH = """
 if redis.call('HGET', KEYS[1], 'generation') ~= ARGV[1] then return 0 end
 if ARGV[8] == '1' then
@@ -47,6 +48,7 @@ else
 end
 if ARGV[4] == 'dead_lettered' then redis.call('ZADD', KEYS[3], ARGV[2], ARGV[3]) end
 if tonumber(ARGV[7]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[7]) end
+if ARGV[9] == '1' then redis.call('HSET', KEYS[1], 'attempts', 0) end
 return 1
 """
 
@@ -162,18 +164,21 @@ class Records:
         return EventRecord.from_hash(dict(zip(result[::2], result[1::2], strict=True)))
 
     async def _set(self, event_id: str, generation: int, now_ms: int, state: str, error: str, reason: str,
-                   ttl: int, *, only_in_flight: bool = False) -> bool:
+                   ttl: int, *, only_in_flight: bool = False, reset_attempts: bool = False) -> bool:
         result = await self._finish(
             keys=[keys.event(event_id), keys.INFLIGHT, keys.DEAD_LETTERS],
-            args=[generation, now_ms, event_id, state, error, reason, ttl, int(only_in_flight)],
+            args=[generation, now_ms, event_id, state, error, reason, ttl, int(only_in_flight), int(reset_attempts)],
         )
         return bool(result)
 
     async def succeeded(self, event_id: str, generation: int, now_ms: int) -> bool:
         return await self._set(event_id, generation, now_ms, "succeeded", "", "", self._event_retention)
 
-    async def retrying(self, event_id: str, generation: int, now_ms: int, error: str) -> bool:
-        return await self._set(event_id, generation, now_ms, "retrying", error, "", 0)
+    async def retrying(self, event_id: str, generation: int, now_ms: int, error: str, *, progressed: bool = False
+                       ) -> bool:
+        """``progressed``: this attempt got somewhere (e.g. committed batches), so the attempt count starts
+        over: ``attempts`` counts attempts since the last one that made progress."""
+        return await self._set(event_id, generation, now_ms, "retrying", error, "", 0, reset_attempts=progressed)
 
     async def dead_lettered(self, event_id: str, generation: int, now_ms: int, reason: str, error: str) -> bool:
         return await self._set(event_id, generation, now_ms, "dead_lettered", error, reason, self._dead_retention)

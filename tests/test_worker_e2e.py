@@ -245,3 +245,24 @@ def test_replay_all_dead_lettered_requeues_each_with_progress(
     for event in events:
         assert wait_state(env, event["id"], "succeeded")["generation"] == 1
     assert stub.charges()["total"] == 3
+
+
+def test_a_corpus_too_large_for_one_attempt_is_finished_over_several(
+    receiver_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    """Attempts that commit batches before timing out do not count towards the attempt limit."""
+    with start_gateway_stub(latency=0.25) as slow:
+        env = stack_env(redis_url, slow.base_url, tmp_path / "artifacts", RUNINFRA_JOB_TIMEOUT="1",
+                        RUNINFRA_MAX_ATTEMPTS="2", RUNINFRA_EMBED_BATCH_SIZE="1")
+        docs = tmp_path / "docs.jsonl"
+        docs.write_text("".join(json.dumps({"id": f"d{i}", "text": f"doc {i}"}) + "\n" for i in range(12)))
+        assert cli(env, "corpus", "load", str(docs), "--collection", "big", "--model", "bge-m3").returncode == 0
+        event = example_event("deployment.updated")
+        event["data"].update(model="bge-m3", modality="embeddings", revision="rev_big")
+        with worker_process(env, tmp_path / "w.log"):
+            deliver(receiver_url, event)
+            done = wait_state(env, event["id"], "succeeded", timeout=90)
+        assert done["attempts"] >= 1
+        rows = cli(env, "corpus", "export", "--collection", "big").stdout.splitlines()
+        assert len(rows) == 12
+        assert slow.charges()["total"] == 12

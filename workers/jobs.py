@@ -51,18 +51,25 @@ async def process_event(ctx: dict[str, Any], event_id: str, generation: int) -> 
     async def record_request_id(request_id: str) -> None:
         await records.add_request_id(event_id, request_id)
 
+    progressed = False
+
+    def note_progress() -> None:
+        nonlocal progressed
+        progressed = True
+
     hctx = HandlerContext(settings=settings, redis=deps.redis, event_id=event_id, generation=generation,
-                          gateway=deps.gateway, record_request_id=record_request_id)
+                          gateway=deps.gateway, record_request_id=record_request_id, note_progress=note_progress)
     try:
         # Our own deadline, shorter than arq's: arq treats its timeout as a final failure, we retry.
         async with asyncio.timeout(settings.job_timeout):
             for handler in handlers_for(event.type):
                 await handler(event, hctx)
     except Exception as exc:
-        d = decide(exc, attempt=attempt, max_attempts=settings.max_attempts, base=settings.retry_base,
-                   cap=settings.retry_cap)
+        # An attempt that saved progress starts the count over (see HandlerContext.note_progress).
+        d = decide(exc, attempt=1 if progressed else attempt, max_attempts=settings.max_attempts,
+                   base=settings.retry_base, cap=settings.retry_cap)
         if d.retry:
-            await records.retrying(event_id, generation, _now_ms(), d.error)
+            await records.retrying(event_id, generation, _now_ms(), d.error, progressed=progressed)
             bound.info("event.retrying", error=d.error, delay=round(d.delay, 3))
             raise Retry(defer=d.delay) from None
         await records.dead_lettered(event_id, generation, _now_ms(), d.reason, d.error)
