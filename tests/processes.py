@@ -80,15 +80,22 @@ def worker_process(env: dict[str, str], log: Path) -> Iterator[Proc]:
 
 
 @contextlib.contextmanager
-def receiver_process(env: dict[str, str], log: Path) -> Iterator[str]:
+def started_receiver(env: dict[str, str], log: Path) -> Iterator[tuple[str, Proc]]:
+    """A `serve` process on a free port, once it answers /healthz: (base url, process)."""
     port = free_port()
     proc = Proc(["serve", "--port", str(port)], env, log)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until(lambda: _up(url), timeout=20, what=f"receiver on {port}")
-        yield url
+        yield url, proc
     finally:
         proc.terminate()
+
+
+@contextlib.contextmanager
+def receiver_process(env: dict[str, str], log: Path) -> Iterator[str]:
+    with started_receiver(env, log) as (url, _):
+        yield url
 
 
 def _up(url: str) -> bool:

@@ -24,8 +24,8 @@ import structlog
 from service.app import create_app
 from tests.builders import example_event, signed_delivery
 from tests.conftest import make_settings
-from tests.processes import Proc, stack_env, wait_until
-from tests.redis_server import RedisServer, free_port
+from tests.processes import Proc, stack_env, started_receiver
+from tests.redis_server import RedisServer
 from tests.servers import serve_in_thread
 
 PATH = "/webhooks/runinfra"
@@ -253,21 +253,8 @@ def test_a_declared_100_mb_body_is_refused_before_it_is_sent(live: str) -> None:
 def receiver_proc(redis_url: str, tmp_path: Path) -> Iterator[tuple[str, Proc]]:
     """The real console script, so its memory is its own to measure."""
     env = stack_env(redis_url, "http://127.0.0.1:9/v1", tmp_path / "artifacts")
-    port = free_port()
-    proc = Proc(["serve", "--port", str(port)], env, tmp_path / "receiver.log")
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(lambda: _up(url), timeout=20, what="receiver process")
-        yield url, proc
-    finally:
-        proc.terminate()
-
-
-def _up(url: str) -> bool:
-    try:
-        return httpx.get(url + "/healthz", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
+    with started_receiver(env, tmp_path / "receiver.log") as running:
+        yield running
 
 
 def test_a_100_mb_chunked_body_is_refused_without_being_read(receiver_proc: tuple[str, Proc]) -> None:
