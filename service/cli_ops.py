@@ -242,29 +242,25 @@ def _from_export_line(line: str) -> tuple[str, dict[bytes, bytes]]:
 
 
 async def audit_verify(settings: Settings, file: str | None, anchor: str | None) -> int:
-    secrets = settings.secret_values()
+    head: tuple[int, str] | None = None  # an exported file carries no head to check against
     if file is not None:
         with open(file, encoding="utf-8") as f:
             entries = [_from_export_line(line) for line in f if line.strip()]
         base_seq = int(entries[0][1][b"seq"]) - 1 if entries else 0
         base_hash = entries[0][1][b"prev"].decode() if entries else ""
-        checked, problem = verify_entries(entries, secrets=secrets, tolerance=settings.tolerance,
-                                          base_seq=base_seq, base_hash=base_hash)
-        hashes = {e[1][b"hash"].decode() for e in entries}
     else:
         async with _redis(settings) as redis:
             base_seq, base_hash = await audit_base(redis)
             entries = [e async for e in iter_audit(redis)]
-            head_seq, head_hash = await audit_head(redis)
-        checked, problem = verify_entries(entries, secrets=secrets, tolerance=settings.tolerance,
-                                          base_seq=base_seq, base_hash=base_hash)
-        hashes = {e[1][b"hash"].decode() for e in entries} | {base_hash}
-        if problem is None and entries and entries[-1][1][b"seq"].decode() != str(head_seq):
-            _err(f"the newest entry is not the recorded head (seq {head_seq}): entries were removed at the end")
-            return 1
-        if problem is None and entries and entries[-1][1][b"hash"].decode() != head_hash:
-            _err("the newest entry's hash is not the recorded head")
-            return 1
+            head = await audit_head(redis)
+    checked, problem = verify_entries(entries, secrets=settings.secret_values(), tolerance=settings.tolerance,
+                                      base_seq=base_seq, base_hash=base_hash)
+    last = (int(entries[-1][1][b"seq"]), entries[-1][1][b"hash"].decode()) if entries else (base_seq, base_hash)
+    if problem is None and head is not None and last != head:
+        _err(f"the newest entry (seq {last[0]}) is not the recorded head (seq {head[0]}): entries were removed "
+             "at the end")
+        return 1
+    hashes = {e[1][b"hash"].decode() for e in entries} | {base_hash}
     if problem is not None:
         _err(f"audit entry seq={problem.seq} id={problem.stream_id}: {problem.code}: {problem.detail}")
         _err(f"{checked} entries verified before it")

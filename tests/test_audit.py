@@ -97,6 +97,13 @@ def test_verify_detects_a_removed_newest_entry(env: dict[str, str], filled: list
     assert cli(env, "audit", "verify").returncode == 1
 
 
+def test_verify_detects_a_deleted_log(env: dict[str, str], filled: list[str], db: sync_redis.Redis) -> None:
+    """Deleting the whole stream is caught: no entries, but the recorded head says there were five."""
+    db.delete(keys.AUDIT_STREAM)
+    out = cli(env, "audit", "verify")
+    assert out.returncode == 1 and "recorded head" in out.stderr
+
+
 def test_verify_detects_a_reordering(env: dict[str, str], filled: list[str], db: sync_redis.Redis) -> None:
     """Swapping two entries' contents (keeping seq numbers in order) breaks the chain."""
     entries = dict(db.xrange(keys.AUDIT_STREAM))
