@@ -9,6 +9,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from handlers.errors import PermanentError
+from service.coalesce import CoalescedScript, Coalescer
 from service.settings import Settings
 from workers.gateway import GatewayClient, GatewayResponse, idempotency_key
 
@@ -28,6 +29,12 @@ class HandlerContext:
     # timed out or failed transiently does not count towards RUNINFRA_MAX_ATTEMPTS, so a corpus too large for
     # one attempt is finished over several instead of dead-lettered.
     note_progress: Callable[[], None] = lambda: None
+    # The worker's shared script runner: concurrent jobs' scripts go to Redis in one round trip.
+    scripts: Coalescer | None = None
+
+    def script(self, text: str) -> CoalescedScript:
+        """A Lua script to ``await s(keys=[...], args=[...])``, run through the worker's coalescer."""
+        return (self.scripts if self.scripts is not None else Coalescer(self.redis)).script(text)
 
     def key(self, step: str, part: int | str = 0) -> str:
         """The Idempotency-Key of one logical call of this event: same on every retry, new per replay."""

@@ -71,7 +71,7 @@ async def handle(event: DeploymentEvent, ctx: HandlerContext) -> None:
     fields = apply_fields(event)
     history = json.dumps({"event_id": event.id, "type": event.type, "created": event.created})
     flat: list[Any] = [x for pair in fields.items() for x in pair]
-    apply = ctx.redis.register_script(_APPLY)  # EVALSHA; the script is loaded once per Redis
+    apply = ctx.script(_APPLY)  # EVALSHA; the script is loaded once per Redis
     await apply(
         keys=[keys.deployment(event.data.deployment_id), keys.deployment_history(event.data.deployment_id),
               keys.DEPLOYMENTS],

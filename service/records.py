@@ -14,6 +14,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from service import keys
+from service.coalesce import Coalescer
 from service.ingest import arq_job_payload
 
 __all__ = ["EventRecord", "Records", "ReplayRefused"]
@@ -140,16 +141,19 @@ class EventRecord:
 
 
 class Records:
-    def __init__(self, redis: Redis, *, event_retention: int, dead_letter_retention: int, job_expiry_s: int) -> None:
+    def __init__(self, redis: Redis, *, event_retention: int, dead_letter_retention: int, job_expiry_s: int,
+                 scripts: Coalescer | None = None) -> None:
         self.redis = redis
+        # Transitions of concurrent jobs share round trips (service.coalesce); handlers use the same coalescer.
+        self.scripts = scripts if scripts is not None else Coalescer(redis)
         self._event_retention = event_retention
         self._dead_retention = dead_letter_retention
         self._job_expiry_ms = job_expiry_s * 1000
-        self._start = redis.register_script(_START)
-        self._finish = redis.register_script(_FINISH)
-        self._add_request_id = redis.register_script(_ADD_REQUEST_ID)
-        self._replay = redis.register_script(_REPLAY)
-        self._requeue = redis.register_script(_REQUEUE)
+        self._start = self.scripts.script(_START)
+        self._finish = self.scripts.script(_FINISH)
+        self._add_request_id = self.scripts.script(_ADD_REQUEST_ID)
+        self._replay = self.scripts.script(_REPLAY)
+        self._requeue = self.scripts.script(_REQUEUE)
 
     async def get(self, event_id: str) -> EventRecord | None:
         raw = await self.redis.hgetall(keys.event(event_id))  # type: ignore[misc]

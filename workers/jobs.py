@@ -58,7 +58,8 @@ async def process_event(ctx: dict[str, Any], event_id: str, generation: int) -> 
         progressed = True
 
     hctx = HandlerContext(settings=settings, redis=deps.redis, event_id=event_id, generation=generation,
-                          gateway=deps.gateway, record_request_id=record_request_id, note_progress=note_progress)
+                          gateway=deps.gateway, record_request_id=record_request_id, note_progress=note_progress,
+                          scripts=records.scripts)
     try:
         # Our own deadline, shorter than arq's: arq treats its timeout as a final failure, we retry.
         async with asyncio.timeout(settings.job_timeout):
