@@ -18,6 +18,7 @@ from arq.connections import RedisSettings
 from arq.worker import func
 
 from service import keys
+from service.gc_tuning import settle_after_startup
 from service.records import Records
 from service.redis_conn import STORAGE_ERRORS
 from service.settings import Settings
@@ -34,13 +35,17 @@ REDIS_RETRY_S = 1.0
 
 
 class _Worker(Worker):
-    """arq's Worker, except that a Redis outage does not end the process.
+    """arq's Worker, except that a Redis outage does not end the process and that freed slots fill faster.
 
     Stock arq lets a connection error from its poll loop (or from a job's own bookkeeping, re-raised there)
     escape ``main()``, so one Redis restart stops every worker and the queue waits for a human. Here the poll
     loop logs it and tries again; jobs caught mid-flight come back through arq's in-progress expiry or
     the sweep, like after a worker crash.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._slot_freed = asyncio.Event()
 
     async def _poll_iteration(self) -> None:
         try:
@@ -50,17 +55,41 @@ class _Worker(Worker):
             await asyncio.sleep(REDIS_RETRY_S)
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
-        for job_id in job_ids:
-            if self.job_counter >= self.max_jobs:
-                return
-            try:
-                await super().start_jobs([job_id])
-            except STORAGE_ERRORS:
-                # arq counted a slot for this job before the Redis round trip that failed, and never frees it:
-                # without this, each outage would leak slots until the worker runs nothing at all.
-                self.job_counter -= 1
-                self.sem.release()
-                raise
+        # A job stays in the queue while it runs, so every poll reads this worker's own running jobs first;
+        # arq would spend a WATCH/EXISTS/ZSCORE round trip on each just to find it in progress.
+        waiting = [job_id for job_id in job_ids if not self._running_here(job_id)]
+        while waiting:
+            free = self.max_jobs - self.job_counter
+            if free <= 0:
+                # As stock arq does: wait for a slot, then go on with the ids this poll read.
+                self._slot_freed.clear()
+                await self._slot_freed.wait()
+                continue
+            # arq starts jobs one after another, four round trips each (WATCH, EXISTS, ZSCORE, MULTI/EXEC): when
+            # 50 gateway-bound jobs ended together, refilling their slots took ~90 ms. The starts are independent
+            # (each has its own connection and transaction), so they run concurrently.
+            batch, waiting = waiting[:free], waiting[free:]
+            results = await asyncio.gather(*(self._start_one(job_id) for job_id in batch), return_exceptions=True)
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
+
+    def _release_sem_dec_counter_on_complete(self) -> None:
+        super()._release_sem_dec_counter_on_complete()
+        self._slot_freed.set()
+
+    def _running_here(self, job_id: bytes) -> bool:
+        task = self.tasks.get(job_id.decode())
+        return task is not None and not task.done()
+
+    async def _start_one(self, job_id: bytes) -> None:
+        try:
+            await super().start_jobs([job_id])
+        except STORAGE_ERRORS:
+            # arq counted a slot for this job before the Redis round trip that failed, and never frees it:
+            # without this, each outage would leak slots until the worker runs nothing at all.
+            self._release_sem_dec_counter_on_complete()
+            raise
 
 
 def json_serializer(obj: Any) -> bytes:
@@ -92,6 +121,7 @@ def build_worker(settings: Settings, *, burst: bool = False) -> Worker:
         )
         ctx["deps"] = deps
         ctx["sweeper"] = asyncio.create_task(_sweep_loop(deps))
+        settle_after_startup()
         log.info("worker.started", concurrency=settings.worker_concurrency, gateway=gateway is not None)
 
     async def on_shutdown(ctx: dict[str, Any]) -> None:

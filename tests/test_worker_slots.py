@@ -1,0 +1,68 @@
+"""How the worker fills its job slots: freed slots are refilled at once, its own running jobs are skipped."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from service.ingest import Delivery, Ingestor, IngestOutcome
+from tests.builders import example_event
+from tests.conftest import make_settings
+from workers.settings import build_worker
+
+
+class DownPool:
+    """Stands in for arq's Redis pool: any command fails, so a test sees whether Redis was asked at all."""
+
+    def __getattr__(self, name: str) -> Any:
+        def fail(*args: Any, **kwargs: Any) -> Any:
+            raise RedisConnectionError("Redis was asked")
+
+        return fail
+
+
+async def queue_deployment_events(redis: Redis, n: int) -> None:
+    ingestor = Ingestor(redis, dedup_ttl=600, event_retention=600, dead_letter_retention=600, job_expiry_s=600)
+    now = time.time_ns() // 1_000_000
+    for i in range(n):
+        event = example_event("deployment.created", id=f"evt_slot_{i:03d}", created=1_000 + i)
+        delivery = Delivery(wanted=IngestOutcome.QUEUED, event_id=event["id"], type=event["type"],
+                            created=event["created"], header=b"", body=json.dumps(event).encode(),
+                            request_id=f"req_{i}", secret_index=0, received_ms=now)
+        assert await ingestor.ingest(delivery) is IngestOutcome.QUEUED
+
+
+async def test_freed_slots_are_refilled_from_the_same_poll(redis: Redis, redis_url: str, tmp_path: Path) -> None:
+    """30 jobs through 5 slots need one read of the queue, not one read per 5 jobs and a poll delay each."""
+    await queue_deployment_events(redis, 30)
+    await redis.config_resetstat()
+    settings = make_settings(redis_url, tmp_path, RUNINFRA_WORKER_CONCURRENCY=5, RUNINFRA_WORKER_POLL_DELAY=1)
+    worker = build_worker(settings, burst=True)
+    try:
+        await worker.main()
+    finally:
+        await worker.on_shutdown(worker.ctx)  # type: ignore[misc]  # arq's close() calls a deprecated redis-py API
+        await worker.pool.aclose()
+    stats = await redis.info("commandstats")
+    queue_reads = stats["cmdstat_zrangebyscore"]["calls"]
+    assert worker.jobs_complete == 30 and worker.jobs_failed == 0
+    # One read started all 30 (waiting for slots), one more found the queue empty; the sweep adds none in 1 s.
+    assert queue_reads <= 3, f"{queue_reads} reads of the queue: slots waited for the next poll"
+
+
+async def test_a_job_running_here_is_not_checked_again_in_redis(redis_url: str, tmp_path: Path) -> None:
+    worker = build_worker(make_settings(redis_url, tmp_path), burst=True)
+    worker._pool = DownPool()  # type: ignore[assignment]
+    running = asyncio.ensure_future(asyncio.sleep(10))
+    worker.tasks["evt_x@0"] = running
+    try:
+        await worker.start_jobs([b"evt_x@0"])  # before: a WATCH/EXISTS/ZSCORE round trip to find it running
+    finally:
+        running.cancel()
+    assert worker.job_counter == 0
