@@ -12,6 +12,7 @@ import logging
 import sys
 from typing import Any
 
+import orjson
 import structlog
 
 __all__ = ["configure_logging"]
@@ -25,13 +26,16 @@ def _fallback(obj: Any) -> Any:
         return repr(obj)
 
 
-# json.dumps(..., default=...) builds a new encoder on every call; one encoder with the same settings gives
-# the same line (one log line per delivery is on the receiver's hot path).
-_ENCODER = json.JSONEncoder(default=_fallback)
+_STDLIB = json.JSONEncoder(default=_fallback)
 
 
-def _dumps(obj: Any, **_: Any) -> str:
-    return _ENCODER.encode(obj)
+def _dumps(obj: Any, **_: Any) -> bytes:
+    """orjson (several times faster than json, and the receiver logs a line per delivery), with the stdlib
+    encoder for what orjson refuses (integers beyond 64 bits, lone surrogates), so a log call never fails."""
+    try:
+        return orjson.dumps(obj, default=_fallback, option=orjson.OPT_NON_STR_KEYS)
+    except orjson.JSONEncodeError:
+        return _STDLIB.encode(obj).encode("utf-8", "backslashreplace")
 
 
 def configure_logging(level: str = "info") -> None:
@@ -59,6 +63,6 @@ def configure_logging(level: str = "info") -> None:
             structlog.processors.JSONRenderer(serializer=_dumps),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.WriteLoggerFactory(file=sys.stdout),
+        logger_factory=structlog.BytesLoggerFactory(file=sys.stdout.buffer),
         cache_logger_on_first_use=True,
     )

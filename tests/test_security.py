@@ -177,9 +177,10 @@ def test_real_processes_log_no_secret_key_or_signature(
         settle({sender.one_more(): "succeeded"})
         assert any(c["authorization_ok"] for c in stub.calls()), "the gateway was never called with the key"
     logs = receiver_log.read_text(errors="replace") + worker_log.read_text(errors="replace")
+    logged = {json.loads(line).get("event") for line in logs.splitlines() if line.startswith("{")}
     for event in ("webhook.received", "webhook.rejected", "redis.persistence", "gateway.call",
                   "event.dead_lettered", "event.succeeded"):
-        assert f'"event": "{event}"' in logs, f"{event} was never logged: the scan would prove nothing"
+        assert event in logged, f"{event} was never logged: the scan would prove nothing"
     assert not needles.found_in(logs), needles.found_in(logs)
     assert "Bearer" not in logs and "authorization" not in logs.lower()
     assert_answers_leak_nothing(sender.answers, needles)

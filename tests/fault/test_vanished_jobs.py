@@ -64,7 +64,7 @@ def test_vanished_and_expired_jobs_are_recovered_by_the_sweep(
         worker.terminate()
     recovered_s = {kind: round(max(int(final[i]["updated_ms"]) for i in batch) / 1000 - started_ms / 1000, 1)
                    for kind, batch in ids.items()}
-    requeued = worker.output().count('"event": "sweep.done"')
+    requeued = worker.output().count('"event":"sweep.done"')
 
     # An event whose job vanished before the lost deadline ran out: dead-lettered as lost, not forgotten.
     lost = transcription(0, "lost")
