@@ -512,7 +512,7 @@ def run_drain(mode: str, workers: int, env: dict[str, str], out: Path, tag: str)
         core = SERVER_CORE if w % 2 == 0 else LOAD_CORE
         errf = open(out / f"{tag}-w{w}.stderr", "wb")
         procs.append((subprocess.Popen([TASKSET, "-c", core, PY, "-m", "bench.drain", mode], cwd=ROOT, env=env,
-                                       stdout=subprocess.DEVNULL, stderr=errf), errf))
+                                       stdout=open(out / f"{tag}-w{w}.stdout", "wb"), stderr=errf), errf))
     results = []
     cpu = 0.0
     for p, errf in procs:
