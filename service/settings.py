@@ -12,6 +12,8 @@ from typing import Annotated, Any
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from service.redis_conn import parse_redis_url
+
 __all__ = ["ConfigError", "Settings", "load_settings"]
 
 
@@ -75,6 +77,12 @@ class Settings(BaseSettings):
             msg = "whitespace inside a secret"
             raise ValueError(msg)
         return secrets
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        parse_redis_url(value)  # RedisUrlError is a ValueError whose message never contains the URL
+        return value
 
     @field_validator("log_level")
     @classmethod

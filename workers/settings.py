@@ -14,13 +14,12 @@ from typing import Any
 
 import structlog
 from arq import Worker
-from arq.connections import RedisSettings
 from arq.worker import func
 
 from service import keys
 from service.gc_tuning import settle_after_startup
 from service.records import Records
-from service.redis_conn import STORAGE_ERRORS
+from service.redis_conn import STORAGE_ERRORS, arq_redis_settings
 from service.settings import Settings
 from workers.deps import WorkerDeps
 from workers.gateway import GatewayClient
@@ -139,7 +138,7 @@ def build_worker(settings: Settings, *, burst: bool = False) -> Worker:
         functions=[func(process_event, name=keys.PROCESS_EVENT, timeout=settings.job_timeout + ARQ_MARGIN_S,
                         # our own attempt limit dead-letters first; arq's only guards against a loop
                         max_tries=settings.max_attempts + 20)],
-        redis_settings=RedisSettings.from_dsn(settings.redis_url),
+        redis_settings=arq_redis_settings(settings.redis_url),
         job_serializer=json_serializer,
         job_deserializer=json_deserializer,
         max_jobs=settings.worker_concurrency,
