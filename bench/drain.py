@@ -2,7 +2,8 @@
 
 ``python -m bench.drain real``  the project's worker exactly as ``python -m service worker --burst`` builds it
 ``python -m bench.drain noop``  a stock arq Worker running a no-op function, with the same serializer,
-                                max_jobs, poll_delay and keep_result as the project's worker
+                                max_jobs, poll_delay and keep_result as the project's worker, and on the same
+                                event loop (uvloop)
 
 Both read the settings from the environment like the CLI, configure logging like the CLI, and print one
 JSON line: wall-clock start and end of the worker's main loop (from connecting to Redis to the burst
@@ -11,11 +12,13 @@ exit), and arq's job counters. CPU time is read by the parent from the process's
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 import time
 from typing import Any
 
+import uvloop
 from arq import Worker
 from arq.connections import RedisSettings
 from arq.worker import func
@@ -33,6 +36,8 @@ async def noop(ctx: dict[str, Any], *args: Any) -> None:
 
 def main() -> None:
     mode = sys.argv[1]
+    # Both on the loop `runinfra-webhooks worker` runs on, so the ratio compares the jobs, not the loops.
+    asyncio.set_event_loop(uvloop.new_event_loop())
     settings = load_settings()
     configure_logging(settings.log_level)
     if mode == "real":
