@@ -81,11 +81,11 @@ def _host_port(part: str) -> tuple[str, int]:
             raise _fail("unexpected text after ']' in a Sentinel address")
         port_text = rest[1:] if rest else ""
     else:
+        if part.count(":") > 1:
+            raise _fail("an IPv6 Sentinel address must be in brackets")
         host, _, port_text = part.partition(":")
         if not host:
             raise _fail("a Sentinel address has no host")
-        if ":" in port_text:
-            raise _fail("an IPv6 Sentinel address must be in brackets")
     if any(ch.isspace() or ch in "/?#@" for ch in host):
         raise _fail("invalid character in a Sentinel host")
     if port_text == "" and part.endswith(":"):
