@@ -12,7 +12,7 @@ from typing import Annotated, Any
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from service.redis_conn import parse_redis_url
+from service.redis_url import parse_redis_url
 
 __all__ = ["ConfigError", "Settings", "load_settings"]
 

@@ -11,13 +11,8 @@ import pytest
 from arq.connections import RedisSettings
 from redis.asyncio.sentinel import SentinelConnectionPool
 
-from service.redis_conn import (
-    RedisTarget,
-    RedisUrlError,
-    arq_redis_settings,
-    connect,
-    parse_redis_url,
-)
+from service.redis_conn import arq_redis_settings, connect
+from service.redis_url import RedisTarget, RedisUrlError, parse_redis_url
 from service.settings import ConfigError, load_settings
 
 SECRET = "whsec_test_primary_0123456789"
