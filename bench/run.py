@@ -222,6 +222,8 @@ def start_server(kind: str, port: int, redis_url: str, out: Path) -> subprocess.
         cmd = [PY, "-m", "bench.bare_app", "--port", str(port)]
     elif kind.startswith("variant:"):
         cmd = [PY, "-m", "bench.variant_app", "--port", str(port), "--variant", kind.removeprefix("variant:")]
+    elif kind.startswith("floor:"):
+        cmd = [PY, "-m", "bench.floor_app", "--port", str(port), "--variant", kind.removeprefix("floor:")]
     else:
         cmd = [PY, "-m", "service", "serve", "--port", str(port)]
     # The receiver logs one JSON line per delivery to stdout, as in production; it goes to /dev/null here
@@ -350,14 +352,16 @@ def bench_ingest(rd: RedisProc, out: Path, args: argparse.Namespace) -> dict[str
 
 
 BREAKDOWN = ("bare", "variant:no-redis-no-log", "variant:no-redis", "variant:full")
+FLOOR = ("bare", "floor:no-redis-no-log", "floor:no-log", "floor:full")
 
 
-def bench_breakdown(rd: RedisProc, out: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """Server CPU per request with parts of the receiver switched off, interleaved, medians."""
-    runs: dict[str, list[dict[str, Any]]] = {k: [] for k in BREAKDOWN}
+def bench_breakdown(rd: RedisProc, out: Path, args: argparse.Namespace,
+                    kinds: tuple[str, ...] = BREAKDOWN) -> dict[str, Any]:
+    """Server CPU per request with parts of the receiver switched off (or of the floor app), interleaved."""
+    runs: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
     for r in range(args.breakdown_repeats):
-        for kind in BREAKDOWN if r % 2 == 0 else tuple(reversed(BREAKDOWN)):
-            tag = f"breakdown-{kind.removeprefix('variant:')}-{r}"
+        for kind in kinds if r % 2 == 0 else tuple(reversed(kinds)):
+            tag = f"breakdown-{kind.replace(':', '-')}-{r}"
             res = ingest_once(kind, rd, out, tag, connections=args.connections, duration=args.breakdown_duration,
                               warmup=args.warmup, expected_rps=2000 if kind == "bare" else 9000)
             runs[kind].append(res)
@@ -709,7 +713,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--quick", action="store_true", help="shorter runs, fewer repeats (~2 minutes)")
     p.add_argument("--only", default="ingest,breakdown,rss,drain",
-                   help="comma-separated parts: ingest, breakdown, profile, rss, drain "
+                   help="comma-separated parts: ingest, breakdown, floor, profile, rss, drain "
                         "(default: ingest,breakdown,rss,drain)")
     p.add_argument("--profile", action="store_true", help="also run one receiver under py-spy")
     p.add_argument("--connections", type=int, default=50)
@@ -769,6 +773,8 @@ def main(argv: list[str] | None = None) -> None:
             summary["ingest"] = bench_ingest(rd, out, args)
         if "breakdown" in args.parts:
             summary["breakdown"] = bench_breakdown(rd, out, args)
+        if "floor" in args.parts:
+            summary["floor"] = bench_breakdown(rd, out, args, FLOOR)
         if "profile" in args.parts:
             summary["profile"] = bench_profile(rd, out, args)
         if "rss" in args.parts:
@@ -805,6 +811,12 @@ def print_summary(s: dict[str, Any]) -> None:
         print("   server CPU per request with parts switched off (medians):")
         for kind, v in s["breakdown"].items():
             print(f"     {kind:26s} {v['cpu_us_per_req']:5.0f} us  ({v['rps']:.0f} req/s)")
+    if "floor" in s:
+        bare = s["floor"]["bare"]["rps"]
+        print("   the floor (bench/floor_app.py: plain ASGI, hand checks, no pydantic/metrics), medians:")
+        for kind, v in s["floor"].items():
+            print(f"     {kind:26s} {v['cpu_us_per_req']:5.0f} us  ({v['rps']:.0f} req/s, "
+                  f"{v['rps'] / bare:.2f} x bare)")
     if "profile" in s:
         print("   profile (inclusive % of samples):")
         for name, pct in s["profile"]["table"]:
