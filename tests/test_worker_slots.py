@@ -6,25 +6,14 @@ import asyncio
 import json
 import time
 from pathlib import Path
-from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
 
 from service.ingest import Delivery, Ingestor, IngestOutcome
 from tests.builders import example_event
 from tests.conftest import make_settings
+from tests.down_pool import DownPool
 from workers.settings import build_worker
-
-
-class DownPool:
-    """Stands in for arq's Redis pool: any command fails, so a test sees whether Redis was asked at all."""
-
-    def __getattr__(self, name: str) -> Any:
-        def fail(*args: Any, **kwargs: Any) -> Any:
-            raise RedisConnectionError("Redis was asked")
-
-        return fail
 
 
 async def queue_deployment_events(redis: Redis, n: int) -> None:

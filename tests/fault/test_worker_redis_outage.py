@@ -8,25 +8,15 @@ every slot intact.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from tests.conftest import make_settings
+from tests.down_pool import DownPool
 from workers.settings import build_worker
 
 pytestmark = pytest.mark.fault
-
-
-class DownPool:
-    """Stands in for arq's Redis pool while Redis is unreachable: every command fails."""
-
-    def __getattr__(self, name: str) -> Any:
-        def fail(*args: Any, **kwargs: Any) -> Any:
-            raise RedisConnectionError("Error 111 connecting to 127.0.0.1: Connection refused.")
-
-        return fail
 
 
 async def test_poll_loop_survives_an_unreachable_redis(redis_url: str, tmp_path: Path) -> None:
