@@ -44,6 +44,7 @@ from redis.asyncio.client import Pipeline
 from redis.exceptions import WatchError
 
 from service import keys
+from service.coalesce import Coalescer
 
 __all__ = [
     "Build",
@@ -221,9 +222,10 @@ async def load_corpus(redis: Redis, lines: Iterable[str], *, collection: str, mo
     return await _watched(redis, [meta_key, docs_key], write)
 
 
-async def collections_for_model(redis: Redis, model: str) -> list[str]:
-    """Names of the collections bound to ``model``, sorted."""
-    members = await redis.smembers(keys.corpora_by_model(model))  # type: ignore[misc]
+async def collections_for_model(redis: Redis, model: str, *, via: Coalescer | None = None) -> list[str]:
+    """Names of the collections bound to ``model``, sorted. ``via``: in the round trip other jobs share."""
+    key = keys.corpora_by_model(model)
+    members = await (via.command("SMEMBERS", key) if via is not None else redis.smembers(key))  # type: ignore[misc]
     return sorted(m.decode() for m in members)
 
 

@@ -81,7 +81,8 @@ async def handle(event: DeploymentReady | DeploymentUpdated, ctx: HandlerContext
     data = event.data
     if data.modality != MODALITY:
         return
-    for collection in await collections_for_model(ctx.redis, data.model):
+    # Every deployment.ready/updated of an embeddings model asks this; most have no collection.
+    for collection in await collections_for_model(ctx.redis, data.model, via=ctx.scripts):
         await embed_collection(ctx, collection, model=data.model, revision=data.revision, created=event.created)
 
 

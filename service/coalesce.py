@@ -1,4 +1,5 @@
-"""Lua scripts run for concurrent callers, sent together: one pipelined round trip for all that are pending.
+"""Lua scripts (and plain commands) of concurrent callers, sent together: one pipelined round trip for all
+that are pending.
 
 redis-py's per-call path (pool checkout with its readability check, packing, one write and one read, a
 wake-up) costs far more client CPU than a small script costs Redis. Under load the receiver has dozens of
@@ -27,9 +28,11 @@ __all__ = ["CoalescedScript", "Coalescer"]
 
 
 class _Call:
+    """A script run (``script`` set) or a plain command (``args`` = name and arguments), and its caller."""
+
     __slots__ = ("args", "future", "numkeys", "script")
 
-    def __init__(self, script: CoalescedScript, numkeys: int, args: tuple[Any, ...],
+    def __init__(self, script: CoalescedScript | None, numkeys: int, args: tuple[Any, ...],
                  future: asyncio.Future[Any]) -> None:
         self.script = script
         self.numkeys = numkeys
@@ -67,6 +70,13 @@ class Coalescer:
 
     async def run(self, script: CoalescedScript, numkeys: int, args: tuple[Any, ...]) -> Any:
         """Run ``script`` with KEYS = ``args[:numkeys]``, ARGV = the rest; raises what redis-py raises."""
+        return await self._enqueue(script, numkeys, args)
+
+    async def command(self, *args: Any) -> Any:
+        """A plain command (``"SMEMBERS", key``) in the same round trip; its reply parsed as redis-py does."""
+        return await self._enqueue(None, 0, args)
+
+    async def _enqueue(self, script: CoalescedScript | None, numkeys: int, args: tuple[Any, ...]) -> Any:
         loop = asyncio.get_running_loop()
         call = _Call(script, numkeys, args, loop.create_future())
         self._pending.append(call)
@@ -104,12 +114,15 @@ class Coalescer:
     async def _round_trip(self, calls: list[_Call], *, reload: bool = True) -> list[Any]:
         pipe = self._redis.pipeline(transaction=False)
         for c in calls:
-            pipe.evalsha(c.script.sha, c.numkeys, *c.args)
+            if c.script is None:
+                pipe.execute_command(*c.args)
+            else:
+                pipe.evalsha(c.script.sha, c.numkeys, *c.args)
         replies: list[Any] = await pipe.execute(raise_on_error=False)
         missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
         if missing and reload:
             # Redis restarted or was flushed: load each missing script once, resend only those (they did not run).
-            for text in {calls[i].script.text for i in missing}:
+            for text in {script.text for i in missing if (script := calls[i].script) is not None}:
                 await self._redis.script_load(text)
             again = await self._round_trip([calls[i] for i in missing], reload=False)
             for i, reply in zip(missing, again, strict=True):

@@ -49,3 +49,17 @@ async def test_a_script_redis_forgot_is_loaded_again_and_runs_once(redis: Redis)
     replies = await asyncio.gather(*(echo(keys=["n"], args=[str(i)]) for i in range(10)))
     assert replies == [str(i).encode() for i in range(10)]
     assert int(await redis.get("n") or 0) == 11
+
+
+async def test_plain_commands_share_the_round_trip_with_their_replies_parsed(redis: Redis) -> None:
+    coalescer = Coalescer(redis)
+    echo = coalescer.script(ECHO)
+    await redis.sadd("set", "a", "b")
+    await echo(keys=["n"], args=["warm"])
+    before = await reads_processed(redis)
+    results = await asyncio.gather(*(coalescer.command("SMEMBERS", "set") for _ in range(20)),
+                                   *(echo(keys=["n"], args=[str(i)]) for i in range(20)))
+    reads = await reads_processed(redis) - before - 1
+    assert results[:20] == [{b"a", b"b"}] * 20  # redis-py's SMEMBERS reply: a set
+    assert results[20:] == [str(i).encode() for i in range(20)]
+    assert reads <= 5, f"{reads} socket reads for 40 calls"
