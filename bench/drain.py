@@ -23,6 +23,7 @@ from arq import Worker
 from arq.connections import RedisSettings
 from arq.worker import func
 
+from service.gc_tuning import settle_after_startup
 from service.logs import configure_logging
 from service.settings import load_settings
 from workers.settings import build_worker, json_deserializer, json_serializer
@@ -41,7 +42,7 @@ def main() -> None:
     settings = load_settings()
     configure_logging(settings.log_level)
     if mode == "real":
-        worker = build_worker(settings, burst=True)
+        worker = build_worker(settings, burst=True, after_startup=settle_after_startup)  # as `worker` does
     elif mode == "noop":
         worker = Worker(
             functions=[func(noop, name=NOOP)],

@@ -17,6 +17,7 @@ import uvicorn
 
 import service.receiver as receiver_module
 from service.app import create_app
+from service.gc_tuning import settle_after_startup
 from service.ingest import Delivery, Ingestor, IngestOutcome
 from service.logs import configure_logging
 from service.settings import load_settings
@@ -43,7 +44,9 @@ def main() -> None:
         Ingestor.ingest = ingest  # type: ignore[method-assign]
     if a.variant.endswith("no-log"):
         receiver_module.log = _NoLog()  # type: ignore[assignment]
-    uvicorn.run(create_app(settings), host="127.0.0.1", port=a.port, access_log=False, log_level="warning",
+    app = create_app(settings)
+    settle_after_startup()  # as `serve` does
+    uvicorn.run(app, host="127.0.0.1", port=a.port, access_log=False, log_level="warning",
                 timeout_graceful_shutdown=10)
 
 

@@ -15,7 +15,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from service.gc_tuning import settle_after_startup
 from service.ingest import Ingestor
 from service.metrics import ReceiverMetrics
 from service.problems import MethodNotAllowed, NotFound, Problem, Unavailable, problem_response
@@ -54,7 +53,6 @@ def create_app(settings: Settings, *, redis: Redis | None = None) -> Starlette:
                 log.warning("redis.persistence", **p.as_json())
         except STORAGE_ERRORS as exc:
             log.warning("redis.unreachable_at_startup", error=type(exc).__name__)
-        settle_after_startup()
         yield
         if redis is None:
             await client.aclose()

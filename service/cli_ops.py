@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 
 from service.audit import verify_entries
 from service.audit_store import audit_base, audit_head, iter_audit
+from service.gc_tuning import settle_after_startup
 from service.records import Records, ReplayRefused
 from service.redis_conn import connect
 from service.settings import Settings
@@ -58,9 +59,10 @@ def serve(settings: Settings, host: str, port: int) -> int:
     from service.logs import configure_logging
 
     configure_logging(settings.log_level)
+    app = create_app(settings)
+    settle_after_startup()  # process-wide, so here at the process's entry rather than in the app factory
     # Every delivery is logged once by the receiver with its outcome; uvicorn's access log would repeat it.
-    uvicorn.run(create_app(settings), host=host, port=port, access_log=False, log_config=None,
-                timeout_graceful_shutdown=10)
+    uvicorn.run(app, host=host, port=port, access_log=False, log_config=None, timeout_graceful_shutdown=10)
     return 0
 
 
@@ -76,7 +78,7 @@ def worker(settings: Settings, *, burst: bool) -> int:
     # uvloop, like the receiver (uvicorn picks it): ~20 % less CPU per job than asyncio's own loop, measured
     # with the drain bench. arq's Worker takes the current event loop when it is built.
     asyncio.set_event_loop(uvloop.new_event_loop())
-    build_worker(settings, burst=burst).run()
+    build_worker(settings, burst=burst, after_startup=settle_after_startup).run()
     return 0
 
 

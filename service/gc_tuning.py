@@ -1,5 +1,8 @@
 """Garbage-collector settings for the long-running processes (receiver and worker), applied after start-up.
 
+Process-wide state, so it is applied by the ``serve`` and ``worker`` entry points, not by the app or worker
+factories (tests build those inside the pytest process).
+
 Almost everything alive once a process has started (modules, the app, pydantic's schemas, arq's worker)
 lives as long as the process. ``gc.freeze()`` moves it out of the collector's sight, so the older-generation
 collections that per-request garbage keeps triggering no longer walk all of it again: on the receiver that

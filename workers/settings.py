@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -17,7 +18,6 @@ from arq import Worker
 from arq.worker import func
 
 from service import keys
-from service.gc_tuning import settle_after_startup
 from service.records import Records
 from service.redis_conn import STORAGE_ERRORS, arq_redis_settings
 from service.settings import Settings
@@ -108,7 +108,10 @@ async def _sweep_loop(deps: WorkerDeps) -> None:
             log.warning("sweep.failed", error=type(exc).__name__)
 
 
-def build_worker(settings: Settings, *, burst: bool = False) -> Worker:
+def build_worker(settings: Settings, *, burst: bool = False, after_startup: Callable[[], None] | None = None
+                 ) -> Worker:
+    """``after_startup`` runs once the worker's long-lived state exists (the ``worker`` command settles the
+    garbage collector there; tests build workers inside pytest and pass nothing)."""
     async def on_startup(ctx: dict[str, Any]) -> None:
         redis = ctx["redis"]
         gateway = GatewayClient.from_settings(settings) if settings.api_key is not None else None
@@ -120,7 +123,8 @@ def build_worker(settings: Settings, *, burst: bool = False) -> Worker:
         )
         ctx["deps"] = deps
         ctx["sweeper"] = asyncio.create_task(_sweep_loop(deps))
-        settle_after_startup()
+        if after_startup is not None:
+            after_startup()
         log.info("worker.started", concurrency=settings.worker_concurrency, gateway=gateway is not None)
 
     async def on_shutdown(ctx: dict[str, Any]) -> None:
