@@ -5,6 +5,7 @@ COPY pyproject.toml README.md ./
 COPY service ./service
 COPY handlers ./handlers
 COPY workers ./workers
+COPY api ./api
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
 FROM python:3.11-slim

@@ -1,6 +1,6 @@
 """The ceiling of the stack: a bare Starlette endpoint that reads the body and answers 202.
 
-Served by uvicorn with the same options as ``python -m service serve`` (uvloop + httptools when installed,
+Served by uvicorn with the same options as ``python -m runinfra_webhooks serve`` (uvloop + httptools when installed,
 no access log), so the only difference from the receiver is what the receiver does per request.
 """
 

@@ -1,6 +1,6 @@
 """One worker process of the drain bench, run by ``bench.run`` in a subprocess pinned to a core.
 
-``python -m bench.drain real``  the project's worker exactly as ``python -m service worker --burst`` builds it
+``python -m bench.drain real``  the project's worker exactly as ``python -m runinfra_webhooks worker --burst`` builds it
 ``python -m bench.drain noop``  a stock arq Worker running a no-op function, with the same serializer,
                                 max_jobs, poll_delay and keep_result as the project's worker, and on the same
                                 event loop (uvloop)
@@ -22,11 +22,10 @@ import uvloop
 from arq import Worker
 from arq.connections import RedisSettings
 from arq.worker import func
-
-from service.gc_tuning import settle_after_startup
-from service.logs import configure_logging
-from service.settings import load_settings
-from workers.settings import build_worker, json_deserializer, json_serializer
+from runinfra_webhooks.service.gc_tuning import settle_after_startup
+from runinfra_webhooks.service.logs import configure_logging
+from runinfra_webhooks.service.settings import load_settings
+from runinfra_webhooks.workers.settings import build_worker, json_deserializer, json_serializer
 
 NOOP = "bench_noop"
 

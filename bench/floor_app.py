@@ -19,13 +19,12 @@ from typing import Any
 
 import structlog
 import uvicorn
-
-from service import signature
-from service.ingest import Delivery, Ingestor, IngestOutcome
-from service.logs import configure_logging
-from service.redis_conn import connect
-from service.request_id import _new_id
-from service.settings import load_settings
+from runinfra_webhooks.service.core import signature
+from runinfra_webhooks.service.logs import configure_logging
+from runinfra_webhooks.service.receiver.request_id import _new_id
+from runinfra_webhooks.service.settings import load_settings
+from runinfra_webhooks.service.storage.connection import connect
+from runinfra_webhooks.service.storage.ingest import Delivery, Ingestor, IngestOutcome
 
 _HEADER = b"runinfra-signature"
 

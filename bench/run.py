@@ -31,15 +31,14 @@ from typing import Any
 import redis as sync_redis
 from arq.connections import RedisSettings, create_pool
 from redis.asyncio import Redis
-
-from service import keys
-from service.ingest import Delivery, Ingestor, IngestOutcome
-from service.signature import sign
-from workers.settings import json_deserializer, json_serializer
+from runinfra_webhooks.service.core.signature import sign
+from runinfra_webhooks.service.storage import keys
+from runinfra_webhooks.service.storage.ingest import Delivery, Ingestor, IngestOutcome
+from runinfra_webhooks.workers.settings import json_deserializer, json_serializer
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = str(ROOT / ".venv" / "bin" / "python")
-EXAMPLES = ROOT / "service" / "examples"
+EXAMPLES = ROOT / "service" / "devtools" / "examples"
 SECRET = "whsec_bench_0123456789abcdef"  # noqa: S105 - the bench signs its own deliveries with it
 SERVER_CORE = "0"
 LOAD_CORE = "1"
@@ -225,7 +224,7 @@ def start_server(kind: str, port: int, redis_url: str, out: Path) -> subprocess.
     elif kind.startswith("floor:"):
         cmd = [PY, "-m", "bench.floor_app", "--port", str(port), "--variant", kind.removeprefix("floor:")]
     else:
-        cmd = [PY, "-m", "service", "serve", "--port", str(port)]
+        cmd = [PY, "-m", "runinfra_webhooks", "serve", "--port", str(port)]
     # The receiver logs one JSON line per delivery to stdout, as in production; it goes to /dev/null here
     # (the rendering cost stays in the process, the write is a cheap syscall).
     proc = subprocess.Popen([TASKSET, "-c", SERVER_CORE, *cmd], cwd=ROOT, env=server_env(redis_url),
@@ -550,7 +549,7 @@ def states(rd: RedisProc, prefix: str, n: int) -> dict[str, int]:
 
 
 def settings_kw() -> dict[str, int]:
-    from service.settings import load_settings
+    from runinfra_webhooks.service.settings import load_settings
 
     s = load_settings(RUNINFRA_WEBHOOK_SECRET=SECRET)
     return {"dedup_ttl": s.dedup_ttl, "event_retention": s.event_retention,
@@ -617,7 +616,7 @@ def fmt_drain(tag: str, r: dict[str, Any]) -> str:
 def gateway_stub(out: Path, latency: float) -> Iterator[tuple[str, int]]:
     port = free_port()
     errf = open(out / "gateway-stub.log", "ab")
-    proc = subprocess.Popen([TASKSET, "-c", LOAD_CORE, PY, "-m", "service", "gateway-stub", "--latency",
+    proc = subprocess.Popen([TASKSET, "-c", LOAD_CORE, PY, "-m", "runinfra_webhooks", "gateway-stub", "--latency",
                              str(latency), "--port", str(port), "--api-key", "sk-stub"], cwd=ROOT,
                             env=server_env("redis://unused"), stdout=subprocess.DEVNULL, stderr=errf)
     try:
@@ -654,7 +653,7 @@ def bench_drain(rd: RedisProc, out: Path, args: argparse.Namespace) -> dict[str,
         noop2.append(res)
         log(fmt_drain(f"drain noop x2 #{r}", res))
 
-    from service.settings import load_settings
+    from runinfra_webhooks.service.settings import load_settings
 
     concurrency = load_settings(RUNINFRA_WEBHOOK_SECRET=SECRET).worker_concurrency
     with gateway_stub(out, args.latency) as (base_url, stub_pid):

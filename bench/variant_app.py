@@ -13,14 +13,13 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+import runinfra_webhooks.service.receiver.webhook as receiver_module
 import uvicorn
-
-import service.receiver as receiver_module
-from service.app import create_app
-from service.gc_tuning import settle_after_startup
-from service.ingest import Delivery, Ingestor, IngestOutcome
-from service.logs import configure_logging
-from service.settings import load_settings
+from runinfra_webhooks.service.gc_tuning import settle_after_startup
+from runinfra_webhooks.service.logs import configure_logging
+from runinfra_webhooks.service.receiver.app import create_app
+from runinfra_webhooks.service.settings import load_settings
+from runinfra_webhooks.service.storage.ingest import Delivery, Ingestor, IngestOutcome
 
 
 class _NoLog:

@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from handlers import deployments as deployments
-from handlers import embeddings as embeddings
-from handlers import followup as followup
-from handlers.context import HandlerContext
+from runinfra_webhooks.handlers import deployments as deployments
+from runinfra_webhooks.handlers import embeddings as embeddings
+from runinfra_webhooks.handlers import followup as followup
+from runinfra_webhooks.handlers.context import HandlerContext
 
 __all__ = ["HANDLERS", "Handler", "HandlerContext", "handlers_for"]
 

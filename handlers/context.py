@@ -7,11 +7,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
-
-from handlers.errors import PermanentError
-from service.coalesce import CoalescedScript, Coalescer
-from service.settings import Settings
-from workers.gateway import GatewayClient, GatewayResponse, idempotency_key
+from runinfra_webhooks.handlers.errors import PermanentError
+from runinfra_webhooks.service.gateway.client import GatewayClient, GatewayResponse, idempotency_key
+from runinfra_webhooks.service.settings import Settings
+from runinfra_webhooks.service.storage.coalesce import CoalescedScript, Coalescer
 
 __all__ = ["HandlerContext"]
 

@@ -42,9 +42,8 @@ from typing import Any, TypeVar
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import WatchError
-
-from service import keys
-from service.coalesce import Coalescer
+from runinfra_webhooks.service.storage import keys
+from runinfra_webhooks.service.storage.coalesce import Coalescer
 
 __all__ = [
     "Build",

@@ -10,15 +10,15 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from handlers.context import HandlerContext
-from service import keys
-from service.events import (
+from runinfra_webhooks.handlers.context import HandlerContext
+from runinfra_webhooks.service.core.events import (
     DeploymentCreated,
     DeploymentDeleted,
     DeploymentFailed,
     DeploymentReady,
     DeploymentUpdated,
 )
+from runinfra_webhooks.service.storage import keys
 
 __all__ = ["DeploymentEvent", "apply_fields", "handle", "list_deployments"]
 

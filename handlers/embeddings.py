@@ -22,9 +22,8 @@ import math
 from typing import Any
 
 import structlog
-
-from handlers.context import HandlerContext
-from handlers.corpus import (
+from runinfra_webhooks.handlers.context import HandlerContext
+from runinfra_webhooks.handlers.corpus import (
     Build,
     CorpusChanged,
     batch_texts,
@@ -33,8 +32,8 @@ from handlers.corpus import (
     finish_build,
     start_build,
 )
-from handlers.errors import PermanentError, TransientError
-from service.events import DeploymentReady, DeploymentUpdated
+from runinfra_webhooks.handlers.errors import PermanentError, TransientError
+from runinfra_webhooks.service.core.events import DeploymentReady, DeploymentUpdated
 
 __all__ = ["embed_collection", "handle", "parse_embeddings", "step_name"]
 

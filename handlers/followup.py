@@ -35,12 +35,11 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-
-from handlers.context import HandlerContext
-from handlers.errors import PermanentError
-from service import keys
-from service.events import TranscriptionCompleted
-from service.settings import Settings
+from runinfra_webhooks.handlers.context import HandlerContext
+from runinfra_webhooks.handlers.errors import PermanentError
+from runinfra_webhooks.service.core.events import TranscriptionCompleted
+from runinfra_webhooks.service.settings import Settings
+from runinfra_webhooks.service.storage import keys
 
 __all__ = [
     "AUDIO_EXTENSIONS",

@@ -11,8 +11,7 @@ from typing import Annotated, Any
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-
-from service.redis_url import parse_redis_url
+from runinfra_webhooks.service.storage.redis_url import parse_redis_url
 
 __all__ = ["ConfigError", "Settings", "load_settings"]
 

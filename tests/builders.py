@@ -8,11 +8,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from service.signature import sign
+from runinfra_webhooks.service.core.signature import sign
 
 SECRET = "whsec_test_primary_0123456789"
 OLD_SECRET = "whsec_test_previous_9876543210"
-EVENTS_DIR = Path(__file__).parent / "data" / "events"
+EVENTS_DIR = Path(__file__).parents[1] / "service" / "devtools" / "examples"  # the examples `send` ships
 
 
 def example_event(type_: str = "deployment.ready", **overrides: Any) -> dict[str, Any]:

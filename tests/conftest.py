@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 import structlog
 from redis.asyncio import Redis
+from runinfra_webhooks.service.core import signature
+from runinfra_webhooks.service.receiver.app import create_app
+from runinfra_webhooks.service.settings import Settings, load_settings
 
-from service import signature
-from service.app import create_app
-from service.settings import Settings, load_settings
 from tests.builders import OLD_SECRET, SECRET
 from tests.leakwatch import LeakWatch, ScanHandler
 from tests.processes import STUB_KEY

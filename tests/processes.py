@@ -47,7 +47,7 @@ class Proc:
     def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
         self.log = log
         self._out = log.open("ab")
-        self.p = subprocess.Popen([sys.executable, "-m", "service", *args], env=env, stdout=self._out,
+        self.p = subprocess.Popen([sys.executable, "-m", "runinfra_webhooks", *args], env=env, stdout=self._out,
                                   stderr=subprocess.STDOUT)
 
     def kill(self) -> None:

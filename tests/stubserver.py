@@ -23,8 +23,7 @@ from typing import Any
 
 import httpx
 import uvicorn
-
-from service.gateway_stub import create_stub_app
+from runinfra_webhooks.service.devtools.gateway_stub import create_stub_app
 
 __all__ = ["StubServer", "start_gateway_stub"]
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 import redis as sync_redis
+from runinfra_webhooks.service.storage import keys
 
-from service import keys
 from tests.builders import OLD_SECRET, SECRET, example_event, signed_delivery
 from tests.processes import stack_env
 
@@ -19,7 +19,7 @@ PATH = "/webhooks/runinfra"
 
 
 def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "service", *args], env=env, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "runinfra_webhooks", *args], env=env, capture_output=True, text=True,
                           timeout=60, check=False)
 
 
@@ -142,8 +142,7 @@ async def test_retention_archives_then_trims_and_the_rest_still_verifies(
 ) -> None:
     """Trimming by age writes the old entries to an archive first; the chain's base moves, both verify."""
     from redis.asyncio import Redis
-
-    from service.audit_store import trim_audit
+    from runinfra_webhooks.service.storage.audit_store import trim_audit
 
     cutoff_ms = int(filled[2].split("-")[0]) + 1  # entries received before the fourth
     client = Redis.from_url(redis_url)

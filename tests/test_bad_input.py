@@ -20,8 +20,8 @@ from typing import Any
 import httpx
 import pytest
 import structlog
+from runinfra_webhooks.service.receiver.app import create_app
 
-from service.app import create_app
 from tests.builders import example_event, signed_delivery
 from tests.conftest import make_settings
 from tests.processes import Proc, stack_env, started_receiver
@@ -180,8 +180,7 @@ def test_a_lone_surrogate_in_a_typed_data_field_is_dead_lettered_at_once(live: s
     failing every retry of the job with UnicodeEncodeError until the attempts run out.
     """
     import redis as sync_redis
-
-    from service import keys
+    from runinfra_webhooks.service.storage import keys
 
     event = example_event(type_)
     field = {"transcription.completed": "text", "deployment.ready": "model", "deployment.failed": "modality"}[type_]
@@ -209,8 +208,7 @@ def test_nul_bytes_get_400(live: str, body: bytes, code: str) -> None:
 def test_an_escaped_nul_in_a_data_string_is_kept_byte_exact(live: str, redis_url: str) -> None:
     """JSON may carry U+0000 in strings; the event is accepted and the stored body is the signed bytes."""
     import redis as sync_redis
-
-    from service import keys
+    from runinfra_webhooks.service.storage import keys
 
     event_id = f"evt_nul_{time.time_ns()}"
     body = envelope_bytes(b'{"deployment_id":"d\\u0000","pipeline_id":"p"}', id_=json.dumps(event_id).encode())

@@ -18,7 +18,7 @@ from tests.redis_server import free_port
 
 
 def cli(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "service", *args], env=env, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "runinfra_webhooks", *args], env=env, capture_output=True, text=True,
                           timeout=timeout, check=False)
 
 
@@ -98,7 +98,7 @@ def test_dev_runs_the_whole_loop_on_one_machine(tmp_path: Path) -> None:
     env["RUNINFRA_ARTIFACTS_DIR"] = str(tmp_path / "artifacts")
     log = tmp_path / "dev.log"
     with log.open("w") as out:
-        dev = subprocess.Popen([sys.executable, "-m", "service", "dev", "--port", str(port), "--stub-port",
+        dev = subprocess.Popen([sys.executable, "-m", "runinfra_webhooks", "dev", "--port", str(port), "--stub-port",
                                 str(stub_port)], env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
     try:
         wait_until(lambda: "send a first event" in log.read_text() or dev.poll() is not None, timeout=60,

@@ -6,8 +6,7 @@ import asyncio
 
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
-
-from service.coalesce import Coalescer
+from runinfra_webhooks.service.storage.coalesce import Coalescer
 
 # Returns its argument, or fails with a script error when asked to.
 ECHO = """

@@ -7,8 +7,7 @@ from typing import Any
 
 import pytest
 from redis.asyncio import Redis
-
-from handlers.corpus import (
+from runinfra_webhooks.handlers.corpus import (
     Build,
     CorpusChanged,
     CorpusError,
@@ -21,7 +20,7 @@ from handlers.corpus import (
     split_batches,
     start_build,
 )
-from service import keys
+from runinfra_webhooks.service.storage import keys
 
 
 def lines(*docs: tuple[str, str]) -> list[str]:

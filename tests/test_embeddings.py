@@ -9,17 +9,17 @@ from typing import Any
 
 import pytest
 from redis.asyncio import Redis
+from runinfra_webhooks.handlers import corpus, embeddings
+from runinfra_webhooks.handlers.context import HandlerContext
+from runinfra_webhooks.handlers.corpus import export_corpus, load_corpus
+from runinfra_webhooks.handlers.errors import PermanentError, TransientError
+from runinfra_webhooks.service.core.events import DeploymentReady, DeploymentUpdated, parse_event
+from runinfra_webhooks.service.gateway.client import GatewayClient, GatewayTransientError, idempotency_key
+from runinfra_webhooks.service.storage import keys
 
-from handlers import corpus, embeddings
-from handlers.context import HandlerContext
-from handlers.corpus import export_corpus, load_corpus
-from handlers.errors import PermanentError, TransientError
-from service import keys
-from service.events import DeploymentReady, DeploymentUpdated, parse_event
 from tests.builders import example_event
 from tests.conftest import make_settings
 from tests.stubserver import STUB_API_KEY, StubServer
-from workers.gateway import GatewayClient, GatewayTransientError, idempotency_key
 
 MODEL = "bge-m3"
 

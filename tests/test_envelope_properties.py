@@ -16,8 +16,7 @@ import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
-
-from service.events import (
+from runinfra_webhooks.service.core.events import (
     CATALOGUE,
     Envelope,
     InvalidJSON,
@@ -25,6 +24,7 @@ from service.events import (
     parse_event,
     parse_json_object,
 )
+
 from tests.builders import example_event
 
 ID_RULE = re.compile(r"[\x21-\x7e]{1,255}")

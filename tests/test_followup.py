@@ -10,16 +10,16 @@ from urllib.parse import unquote
 
 import pytest
 from redis.asyncio import Redis
+from runinfra_webhooks.handlers import followup
+from runinfra_webhooks.handlers.context import HandlerContext
+from runinfra_webhooks.handlers.errors import PermanentError
+from runinfra_webhooks.service.core.events import TranscriptionCompleted, parse_event
+from runinfra_webhooks.service.gateway.client import GatewayClient, GatewayTransientError, idempotency_key
+from runinfra_webhooks.service.storage import keys
 
-from handlers import followup
-from handlers.context import HandlerContext
-from handlers.errors import PermanentError
-from service import keys
-from service.events import TranscriptionCompleted, parse_event
 from tests.builders import example_event
 from tests.conftest import make_settings
 from tests.stubserver import STUB_API_KEY, StubServer
-from workers.gateway import GatewayClient, GatewayTransientError, idempotency_key
 
 TRANSCRIPT = "Hi, this is Dana. Can you call me back about the invoice?"
 VOICE = {"RUNINFRA_TTS_MODEL": "kokoro", "RUNINFRA_TTS_VOICE": "af_heart"}

@@ -13,10 +13,7 @@ from typing import Any
 import httpx
 import pytest
 import structlog
-
-from service.settings import Settings
-from tests.stubserver import STUB_API_KEY, StubServer
-from workers.gateway import (
+from runinfra_webhooks.service.gateway.client import (
     GatewayClient,
     GatewayError,
     GatewayPermanentError,
@@ -24,6 +21,9 @@ from workers.gateway import (
     GatewayTransientError,
     idempotency_key,
 )
+from runinfra_webhooks.service.settings import Settings
+
+from tests.stubserver import STUB_API_KEY, StubServer
 
 EMBED = {"model": "stub-embed", "input": ["a", "b"]}
 KEY = idempotency_key("evt_1", "embed", 0, 0)

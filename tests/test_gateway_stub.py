@@ -14,8 +14,8 @@ from typing import Any
 
 import httpx
 import pytest
+from runinfra_webhooks.service.devtools.gateway_stub import create_stub_app
 
-from service.gateway_stub import create_stub_app
 from tests.stubserver import STUB_API_KEY, StubServer, start_gateway_stub
 
 AUTH = {"Authorization": f"Bearer {STUB_API_KEY}"}
@@ -334,12 +334,13 @@ def test_every_response_has_request_id(stub: StubServer) -> None:
 
 
 def test_module_entry_point_serves_the_stub() -> None:
-    """`python -m service.gateway_stub --port P --api-key K` serves the stub with that key."""
+    """The emulator module run as a script serves the stub with the key it is given."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     env = os.environ | {"PYTHONWARNINGS": "error"}
-    args = [sys.executable, "-m", "service.gateway_stub", "--port", str(port), "--api-key", "sk-cli", "--latency", "0"]
+    args = [sys.executable, "-m", "runinfra_webhooks.service.devtools.gateway_stub", "--port", str(port),
+            "--api-key", "sk-cli", "--latency", "0"]
     process = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 15

@@ -11,9 +11,11 @@ import yaml
 from jsonschema import Draft202012Validator
 from openapi_spec_validator import OpenAPIV31SpecValidator, validate
 
+from tests.builders import EVENTS_DIR
+
 ROOT = Path(__file__).resolve().parent.parent
 SPEC: dict[str, Any] = yaml.safe_load((ROOT / "openapi.yaml").read_text("utf-8"))
-EVENTS = sorted((Path(__file__).parent / "data" / "events").glob("*.json"))
+EVENTS = sorted(EVENTS_DIR.glob("*.json"))
 
 EXPECTED_OPERATIONS = {
     ("/webhooks/runinfra", "post"),

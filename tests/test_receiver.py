@@ -11,9 +11,9 @@ from pathlib import Path
 import httpx
 import pytest
 import redis as sync_redis
+from runinfra_webhooks.service.receiver.app import create_app
+from runinfra_webhooks.service.storage import keys
 
-from service import keys
-from service.app import create_app
 from tests.builders import OLD_SECRET, example_event, signed_delivery
 from tests.conftest import make_settings
 from tests.redis_server import RedisServer

@@ -10,10 +10,9 @@ import sys
 import pytest
 from arq.connections import RedisSettings
 from redis.asyncio.sentinel import SentinelConnectionPool
-
-from service.redis_conn import arq_redis_settings, connect
-from service.redis_url import RedisTarget, RedisUrlError, parse_redis_url
-from service.settings import ConfigError, load_settings
+from runinfra_webhooks.service.settings import ConfigError, load_settings
+from runinfra_webhooks.service.storage.connection import arq_redis_settings, connect
+from runinfra_webhooks.service.storage.redis_url import RedisTarget, RedisUrlError, parse_redis_url
 
 SECRET = "whsec_test_primary_0123456789"
 
@@ -133,7 +132,7 @@ def test_settings_reject_a_malformed_redis_url_in_one_line() -> None:
 def test_start_up_stops_with_exit_2_on_a_malformed_redis_url() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RUNINFRA_")}
     env.update(RUNINFRA_WEBHOOK_SECRET=SECRET, REDIS_URL="redis+sentinel://:hunter2@sentinel-0")
-    proc = subprocess.run([sys.executable, "-m", "service", "worker"], env=env, capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "runinfra_webhooks", "worker"], env=env, capture_output=True,
                           text=True, timeout=60, check=False)
     assert proc.returncode == 2, proc
     lines = proc.stderr.strip().splitlines()

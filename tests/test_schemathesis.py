@@ -19,10 +19,10 @@ import hypothesis
 import pytest
 import requests
 import schemathesis
+from runinfra_webhooks.service.core.signature import sign
+from runinfra_webhooks.service.receiver.app import create_app
 from schemathesis import Case
 
-from service.app import create_app
-from service.signature import sign
 from tests.builders import SECRET
 from tests.conftest import make_settings
 from tests.redis_server import RedisServer

@@ -25,10 +25,11 @@ import pytest
 import redis as sync_redis
 import schemathesis
 import structlog
+from runinfra_webhooks.service.core import signature
+from runinfra_webhooks.service.core.signature import Outcome, sign, verify
+from runinfra_webhooks.service.receiver.app import create_app
+from runinfra_webhooks.service.storage import keys
 
-from service import keys, signature
-from service.app import create_app
-from service.signature import Outcome, sign, verify
 from tests.builders import OLD_SECRET, SECRET, example_event, signed_delivery
 from tests.conftest import LeakWatch, make_settings
 from tests.processes import STUB_KEY, receiver_process, stack_env, wait_until, worker_process

@@ -8,8 +8,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from service.signature import MAX_HEADER_LENGTH, MAX_SIGNATURES, Outcome, Verification, sign, verify
+from runinfra_webhooks.service.core.signature import (
+    MAX_HEADER_LENGTH,
+    MAX_SIGNATURES,
+    Outcome,
+    Verification,
+    sign,
+    verify,
+)
 
 VECTORS = json.loads((Path(__file__).parent / "data" / "signature-vectors.json").read_text("utf-8"))
 CASES: list[dict[str, Any]] = VECTORS["cases"]

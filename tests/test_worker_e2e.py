@@ -52,7 +52,7 @@ def deliver(receiver_url: str, event: dict[str, Any]) -> httpx.Response:
 
 
 def cli(env: dict[str, str], *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "service", *args], env=env, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "runinfra_webhooks", *args], env=env, capture_output=True, text=True,
                           input=stdin, timeout=60, check=False)
 
 

@@ -8,12 +8,12 @@ import time
 from pathlib import Path
 
 from redis.asyncio import Redis
+from runinfra_webhooks.service.storage.ingest import Delivery, Ingestor, IngestOutcome
+from runinfra_webhooks.workers.settings import build_worker
 
-from service.ingest import Delivery, Ingestor, IngestOutcome
 from tests.builders import example_event
 from tests.conftest import make_settings
 from tests.down_pool import DownPool
-from workers.settings import build_worker
 
 
 async def queue_deployment_events(redis: Redis, n: int) -> None:

@@ -5,10 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
-
-from service.records import Records
-from service.settings import Settings
-from workers.gateway import GatewayClient
+from runinfra_webhooks.service.gateway.client import GatewayClient
+from runinfra_webhooks.service.settings import Settings
+from runinfra_webhooks.service.storage.records import Records
 
 __all__ = ["WorkerDeps"]
 

@@ -14,11 +14,10 @@ from typing import Any
 import structlog
 from arq import Retry
 from pydantic import ValidationError
-
-from handlers import HandlerContext, handlers_for
-from service.events import InvalidJSON, parse_event, parse_json_object
-from workers.deps import WorkerDeps
-from workers.retry import decide
+from runinfra_webhooks.handlers import HandlerContext, handlers_for
+from runinfra_webhooks.service.core.events import InvalidJSON, parse_event, parse_json_object
+from runinfra_webhooks.workers.deps import WorkerDeps
+from runinfra_webhooks.workers.retry import decide
 
 __all__ = ["process_event"]
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from handlers.errors import PermanentError, TransientError
-from workers.backoff import backoff_delay
-from workers.gateway import GatewayPermanentError, GatewayTransientError
+from runinfra_webhooks.handlers.errors import PermanentError, TransientError
+from runinfra_webhooks.service.gateway.backoff import backoff_delay
+from runinfra_webhooks.service.gateway.client import GatewayPermanentError, GatewayTransientError
 
 __all__ = ["Decision", "decide"]
 

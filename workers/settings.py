@@ -16,15 +16,14 @@ from typing import Any
 import structlog
 from arq import Worker
 from arq.worker import func
-
-from service import keys
-from service.records import Records
-from service.redis_conn import STORAGE_ERRORS, arq_redis_settings
-from service.settings import Settings
-from workers.deps import WorkerDeps
-from workers.gateway import GatewayClient
-from workers.jobs import process_event
-from workers.sweep import sweep_once
+from runinfra_webhooks.service.gateway.client import GatewayClient
+from runinfra_webhooks.service.settings import Settings
+from runinfra_webhooks.service.storage import keys
+from runinfra_webhooks.service.storage.connection import STORAGE_ERRORS, arq_redis_settings
+from runinfra_webhooks.service.storage.records import Records
+from runinfra_webhooks.workers.deps import WorkerDeps
+from runinfra_webhooks.workers.jobs import process_event
+from runinfra_webhooks.workers.sweep import sweep_once
 
 __all__ = ["build_worker", "json_deserializer", "json_serializer"]
 

@@ -14,10 +14,9 @@ from __future__ import annotations
 import time
 
 import structlog
-
-from service import keys
-from service.audit_store import trim_audit
-from workers.deps import WorkerDeps
+from runinfra_webhooks.service.storage import keys
+from runinfra_webhooks.service.storage.audit_store import trim_audit
+from runinfra_webhooks.workers.deps import WorkerDeps
 
 __all__ = ["sweep_once"]
 

@@ -22,8 +22,8 @@ from typing import Any
 
 import httpx
 import redis as sync_redis
+from runinfra_webhooks.service.storage import keys
 
-from service import keys
 from tests.builders import example_event, signed_delivery
 from tests.processes import Proc, wait_until
 from tests.stubserver import StubServer

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import redis as sync_redis
+from runinfra_webhooks.service.storage import keys
 
-from service import keys
 from tests.builders import signed_delivery
 from tests.fault.harness import (
     charges,

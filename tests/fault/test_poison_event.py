@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 import redis as sync_redis
+from runinfra_webhooks.service.storage import keys
 
-from service import keys
 from tests.fault.harness import (
     IN_FLIGHT,
     deliver_all,

@@ -15,8 +15,8 @@ from typing import Any
 import httpx
 import pytest
 import redis as sync_redis
+from runinfra_webhooks.service.storage import keys
 
-from service import keys
 from tests.fault.harness import (
     FINAL,
     SCALE,

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from runinfra_webhooks.service.storage import keys
 
-from service import keys
 from tests.builders import signed_delivery
 from tests.fault.harness import FINAL, PATH, deployment, records, report, wait_final, workers
 from tests.processes import stack_env, started_receiver, wait_until
@@ -160,7 +160,7 @@ def test_sentinel_failover_under_load(stub: StubServer, tmp_path: Path) -> None:
             inflight_left = db.zcard(keys.INFLIGHT)
             # The command line goes through Sentinel too.
             probe = after[0]
-            show = subprocess.run([sys.executable, "-m", "service", "events", "show", probe], env=env,
+            show = subprocess.run([sys.executable, "-m", "runinfra_webhooks", "events", "show", probe], env=env,
                                   capture_output=True, text=True, timeout=60, check=False)
 
     labels = Counter(a.label for a in answers)

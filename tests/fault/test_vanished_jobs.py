@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 import redis as sync_redis
+from runinfra_webhooks.service.storage import keys
 
-from service import keys
 from tests.fault.harness import deliver_all, now_ms, records, report, settled_charges, transcription, wait_final
 from tests.processes import Proc, wait_until
 from tests.redis_server import RedisServer
@@ -83,8 +83,8 @@ def test_vanished_and_expired_jobs_are_recovered_by_the_sweep(
     charges_before_replay = settled_charges(stub, expected=len(everything)).total
 
     # ...and an operator's replay brings it back, under a new key generation.
-    replay = subprocess.run([sys.executable, "-m", "service", "replay", lost["id"]], env=env, capture_output=True,
-                            text=True, timeout=60, check=False)
+    replay = subprocess.run([sys.executable, "-m", "runinfra_webhooks", "replay", lost["id"]], env=env,
+                            capture_output=True, text=True, timeout=60, check=False)
     worker = Proc(["worker"], env, tmp_path / "worker-after-replay.log")
     try:
         wait_until(lambda: records(db, [lost["id"]])[lost["id"]]["state"] == "succeeded", timeout=60,

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
+from runinfra_webhooks.workers.settings import build_worker
 
 from tests.conftest import make_settings
 from tests.down_pool import DownPool
-from workers.settings import build_worker
 
 pytestmark = pytest.mark.fault
 

@@ -18,14 +18,13 @@ from importlib import resources
 from typing import Any
 
 from redis.asyncio import Redis
-
-from service import keys
-from service.audit import entry_digest
-from service.coalesce import Coalescer
+from runinfra_webhooks.service.core.audit import entry_digest
+from runinfra_webhooks.service.storage import keys
+from runinfra_webhooks.service.storage.coalesce import Coalescer
 
 __all__ = ["Delivery", "IngestOutcome", "Ingestor", "arq_job_payload"]
 
-_SCRIPT = resources.files("service").joinpath("ingest.lua").read_text()
+_SCRIPT = resources.files("runinfra_webhooks.service.storage").joinpath("ingest.lua").read_text()
 
 
 class IngestOutcome(StrEnum):

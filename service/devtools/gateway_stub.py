@@ -14,7 +14,7 @@ Control API (no auth): ``GET /_stub/charges``, ``GET /_stub/calls``, ``POST /_st
 ``POST /_stub/reset``. Injected faults (scripted statuses or ``"timeout"``, random rates, latency) are
 applied after auth and before idempotency, and are never charged. See ``FaultPlan`` for the body.
 
-Run alone: ``python -m service.gateway_stub --port 8090 [--latency 0.2] [--api-key sk-stub]``.
+Run alone: ``runinfra-webhooks gateway-stub --port 8090 [--latency 0.2] [--api-key sk-stub]``.
 """
 
 from __future__ import annotations
@@ -36,13 +36,12 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import uvicorn
+from runinfra_webhooks.service.devtools.gateway_stub_state import TIMEOUT, Fault, FaultPlan, StoredResponse, StubState
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-
-from service.gateway_stub_state import TIMEOUT, Fault, FaultPlan, StoredResponse, StubState
 
 __all__ = ["create_stub_app", "main", "run_stub"]
 
@@ -354,7 +353,8 @@ def run_stub(host: str, port: int, *, api_key: str | None, latency: float) -> No
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m service.gateway_stub", description="Local OpenAI-compatible gateway emulator."
+        prog="python -m runinfra_webhooks.service.devtools.gateway_stub",
+        description="Local OpenAI-compatible gateway emulator."
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8090)

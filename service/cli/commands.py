@@ -14,14 +14,13 @@ from typing import IO, Any
 
 import httpx
 from redis.asyncio import Redis
-
-from service.audit import verify_entries
-from service.audit_store import audit_base, audit_head, iter_audit
-from service.gc_tuning import settle_after_startup
-from service.records import Records, ReplayRefused
-from service.redis_conn import connect
-from service.settings import Settings
-from service.signature import sign
+from runinfra_webhooks.service.core.audit import verify_entries
+from runinfra_webhooks.service.core.signature import sign
+from runinfra_webhooks.service.gc_tuning import settle_after_startup
+from runinfra_webhooks.service.settings import Settings
+from runinfra_webhooks.service.storage.audit_store import audit_base, audit_head, iter_audit
+from runinfra_webhooks.service.storage.connection import connect
+from runinfra_webhooks.service.storage.records import Records, ReplayRefused
 
 __all__ = [
     "audit_export", "audit_verify", "corpus_export", "corpus_load", "dead_letter_list", "deployments",
@@ -54,9 +53,8 @@ def _records(settings: Settings, redis: Redis) -> Records:
 # --- processes -----------------------------------------------------------------------------------
 def serve(settings: Settings, host: str, port: int) -> int:
     import uvicorn
-
-    from service.app import create_app
-    from service.logs import configure_logging
+    from runinfra_webhooks.service.logs import configure_logging
+    from runinfra_webhooks.service.receiver.app import create_app
 
     configure_logging(settings.log_level)
     app = create_app(settings)
@@ -70,9 +68,8 @@ def worker(settings: Settings, *, burst: bool) -> int:
     import asyncio
 
     import uvloop
-
-    from service.logs import configure_logging
-    from workers.settings import build_worker
+    from runinfra_webhooks.service.logs import configure_logging
+    from runinfra_webhooks.workers.settings import build_worker
 
     configure_logging(settings.log_level)
     # uvloop, like the receiver (uvicorn picks it): ~20 % less CPU per job than asyncio's own loop, measured
@@ -83,7 +80,8 @@ def worker(settings: Settings, *, burst: bool) -> int:
 
 
 def send(settings: Settings, event_type: str, *, url: str, data: str | None, event_id: str | None) -> int:
-    event = json.loads(resources.files("service").joinpath(f"examples/{event_type}.json").read_text())
+    example = resources.files("runinfra_webhooks.service.devtools").joinpath(f"examples/{event_type}.json")
+    event = json.loads(example.read_text())
     event["id"] = event_id or f"evt_{uuid.uuid4().hex[:20]}"
     event["created"] = int(time.time())
     if data:
@@ -124,7 +122,7 @@ async def events_show(settings: Settings, event_id: str) -> int:
 
 
 async def deployments(settings: Settings, *, as_json: bool) -> int:
-    from handlers.deployments import list_deployments
+    from runinfra_webhooks.handlers.deployments import list_deployments
 
     async with _redis(settings) as redis:
         rows = await list_deployments(redis)
@@ -181,7 +179,7 @@ async def replay(settings: Settings, event_id: str | None, *, all_dead: bool) ->
 
 # --- corpus --------------------------------------------------------------------------------------
 async def corpus_load(settings: Settings, file: str, collection: str, model: str) -> int:
-    from handlers.corpus import CorpusError, load_corpus
+    from runinfra_webhooks.handlers.corpus import CorpusError, load_corpus
 
     try:
         lines = Path(file).read_text(encoding="utf-8").splitlines()
@@ -199,7 +197,7 @@ async def corpus_load(settings: Settings, file: str, collection: str, model: str
 
 
 async def corpus_export(settings: Settings, collection: str) -> int:
-    from handlers.corpus import CorpusError, export_corpus
+    from runinfra_webhooks.handlers.corpus import CorpusError, export_corpus
 
     async with _redis(settings) as redis:
         try:
@@ -222,7 +220,7 @@ def _output(path: str | None) -> Iterator[IO[str]]:
 
 
 async def audit_export(settings: Settings, out: str | None) -> int:
-    from service.audit import entry_as_json
+    from runinfra_webhooks.service.core.audit import entry_as_json
 
     count = 0
     async with _redis(settings) as redis:

@@ -12,10 +12,9 @@ from __future__ import annotations
 import asyncio
 
 import structlog
+from runinfra_webhooks.service.receiver.problems import BodyTooLarge, ClientDisconnected, RequestTimeout
+from runinfra_webhooks.service.receiver.request_id import request_id_of
 from starlette.requests import ClientDisconnect, Request
-
-from service.problems import BodyTooLarge, ClientDisconnected, RequestTimeout
-from service.request_id import request_id_of
 
 __all__ = ["read_limited_body"]
 

@@ -24,11 +24,10 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import structlog
-
-from workers.backoff import backoff_delay, parse_retry_after
+from runinfra_webhooks.service.gateway.backoff import backoff_delay, parse_retry_after
 
 if TYPE_CHECKING:
-    from service.settings import Settings
+    from runinfra_webhooks.service.settings import Settings
 
 __all__ = [
     "GatewayClient",

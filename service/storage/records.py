@@ -12,10 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from redis.asyncio import Redis
-
-from service import keys
-from service.coalesce import Coalescer
-from service.ingest import arq_job_payload
+from runinfra_webhooks.service.storage import keys
+from runinfra_webhooks.service.storage.coalesce import Coalescer
+from runinfra_webhooks.service.storage.ingest import arq_job_payload
 
 __all__ = ["EventRecord", "Records", "ReplayRefused"]
 

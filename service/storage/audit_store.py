@@ -10,9 +10,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from redis.asyncio import Redis
-
-from service import keys
-from service.audit import GENESIS, entry_as_json
+from runinfra_webhooks.service.core.audit import GENESIS, entry_as_json
+from runinfra_webhooks.service.storage import keys
 
 __all__ = ["audit_base", "audit_head", "iter_audit", "trim_audit"]
 

@@ -45,7 +45,7 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], name: str, timeout: flo
 
 def run_dev(*, port: int, stub_port: int, redis_url: str | None, workdir: Path = Path(".runinfra-dev")) -> int:
     procs: list[tuple[str, subprocess.Popen[bytes]]] = []
-    me = [sys.executable, "-m", "service"]
+    me = [sys.executable, "-m", "runinfra_webhooks"]
     env = dict(os.environ)
     try:
         if redis_url is None:

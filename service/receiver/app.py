@@ -8,20 +8,25 @@ from collections.abc import AsyncIterator
 import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio import Redis
+from runinfra_webhooks.service.receiver.metrics import ReceiverMetrics
+from runinfra_webhooks.service.receiver.problems import (
+    MethodNotAllowed,
+    NotFound,
+    Problem,
+    Unavailable,
+    problem_response,
+)
+from runinfra_webhooks.service.receiver.request_id import RequestIdMiddleware, request_id_of
+from runinfra_webhooks.service.receiver.webhook import Receiver
+from runinfra_webhooks.service.settings import Settings
+from runinfra_webhooks.service.storage.connection import STORAGE_ERRORS, connect, persistence
+from runinfra_webhooks.service.storage.ingest import Ingestor
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-
-from service.ingest import Ingestor
-from service.metrics import ReceiverMetrics
-from service.problems import MethodNotAllowed, NotFound, Problem, Unavailable, problem_response
-from service.receiver import Receiver
-from service.redis_conn import STORAGE_ERRORS, connect, persistence
-from service.request_id import RequestIdMiddleware, request_id_of
-from service.settings import Settings
 
 __all__ = ["create_app"]
 

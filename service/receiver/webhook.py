@@ -14,18 +14,24 @@ from typing import Any
 
 import structlog
 from pydantic import ValidationError
+from runinfra_webhooks.service.core import signature
+from runinfra_webhooks.service.core.events import (
+    CATALOGUE,
+    Envelope,
+    InvalidJSON,
+    parse_envelope,
+    parse_event,
+    parse_json_object,
+)
+from runinfra_webhooks.service.receiver.body import read_limited_body
+from runinfra_webhooks.service.receiver.metrics import ReceiverMetrics
+from runinfra_webhooks.service.receiver.problems import InvalidEvent, InvalidJSONBody, SignatureRejected, Unavailable
+from runinfra_webhooks.service.receiver.request_id import request_id_of
+from runinfra_webhooks.service.settings import Settings
+from runinfra_webhooks.service.storage.connection import STORAGE_ERRORS
+from runinfra_webhooks.service.storage.ingest import Delivery, Ingestor, IngestOutcome
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-
-from service import signature
-from service.body import read_limited_body
-from service.events import CATALOGUE, Envelope, InvalidJSON, parse_envelope, parse_event, parse_json_object
-from service.ingest import Delivery, Ingestor, IngestOutcome
-from service.metrics import ReceiverMetrics
-from service.problems import InvalidEvent, InvalidJSONBody, SignatureRejected, Unavailable
-from service.redis_conn import STORAGE_ERRORS
-from service.request_id import request_id_of
-from service.settings import Settings
 
 __all__ = ["Receiver"]
 

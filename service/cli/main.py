@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from service.settings import ConfigError, Settings, load_settings
+from runinfra_webhooks.service.settings import ConfigError, Settings, load_settings
 
 __all__ = ["main"]
 
@@ -109,10 +109,11 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    from service import cli_ops, dev  # imported late: keeps `--help` and bad usage fast
+    from runinfra_webhooks.service.cli import commands as cli_ops
+    from runinfra_webhooks.service.devtools import dev  # imported late: keeps `--help` and bad usage fast
 
     if args.command == "gateway-stub":
-        from service.gateway_stub import run_stub
+        from runinfra_webhooks.service.devtools.gateway_stub import run_stub
 
         run_stub(args.host, args.port, api_key=args.api_key or os.environ.get("RUNINFRA_API_KEY"),
                  latency=args.latency)

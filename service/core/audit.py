@@ -23,7 +23,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from service import signature
+from runinfra_webhooks.service.core import signature
 
 __all__ = ["GENESIS", "AuditProblem", "chain_hash", "entry_digest", "verify_entries"]
 

@@ -1,0 +1,1 @@
+"""RunInfra webhooks: verify, parse and react to RunInfra's signed webhooks."""

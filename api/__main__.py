@@ -1,0 +1,3 @@
+from runinfra_webhooks.service.cli.main import main
+
+main()
