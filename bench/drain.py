@@ -25,7 +25,8 @@ from arq.worker import func
 from runinfra_webhooks.service.gc_tuning import settle_after_startup
 from runinfra_webhooks.service.logs import configure_logging
 from runinfra_webhooks.service.settings import load_settings
-from runinfra_webhooks.workers.settings import build_worker, json_deserializer, json_serializer
+from runinfra_webhooks.service.storage import arq_job
+from runinfra_webhooks.workers.settings import build_worker
 
 NOOP = "bench_noop"
 
@@ -46,8 +47,8 @@ def main() -> None:
         worker = Worker(
             functions=[func(noop, name=NOOP)],
             redis_settings=RedisSettings.from_dsn(settings.redis_url),
-            job_serializer=json_serializer,
-            job_deserializer=json_deserializer,
+            job_serializer=arq_job.serialize,
+            job_deserializer=arq_job.deserialize,
             max_jobs=settings.worker_concurrency,
             poll_delay=settings.worker_poll_delay,
             keep_result=0,

@@ -32,9 +32,8 @@ import redis as sync_redis
 from arq.connections import RedisSettings, create_pool
 from redis.asyncio import Redis
 from runinfra_webhooks.service.core.signature import sign
-from runinfra_webhooks.service.storage import keys
+from runinfra_webhooks.service.storage import arq_job, keys
 from runinfra_webhooks.service.storage.ingest import Delivery, Ingestor, IngestOutcome
-from runinfra_webhooks.workers.settings import json_deserializer, json_serializer
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = str(ROOT / ".venv" / "bin" / "python")
@@ -501,8 +500,8 @@ async def prefill(redis_url: str, n: int, prefix: str, types: tuple[str, ...], s
 
 
 async def enqueue_noop(redis_url: str, n: int) -> None:
-    pool = await create_pool(RedisSettings.from_dsn(redis_url), job_serializer=json_serializer,
-                             job_deserializer=json_deserializer)
+    pool = await create_pool(RedisSettings.from_dsn(redis_url), job_serializer=arq_job.serialize,
+                             job_deserializer=arq_job.deserialize)
     for start in range(0, n, 500):
         await asyncio.gather(*(pool.enqueue_job("bench_noop", i) for i in range(start, min(n, start + 500))))
     await pool.aclose()

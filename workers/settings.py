@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import Callable
 from typing import Any
 
@@ -18,14 +17,14 @@ from arq import Worker
 from arq.worker import func
 from runinfra_webhooks.service.gateway.client import GatewayClient
 from runinfra_webhooks.service.settings import Settings
-from runinfra_webhooks.service.storage import keys
+from runinfra_webhooks.service.storage import arq_job, keys
 from runinfra_webhooks.service.storage.connection import STORAGE_ERRORS, arq_redis_settings
 from runinfra_webhooks.service.storage.records import Records
 from runinfra_webhooks.workers.deps import WorkerDeps
 from runinfra_webhooks.workers.jobs import process_event
 from runinfra_webhooks.workers.sweep import sweep_once
 
-__all__ = ["build_worker", "json_deserializer", "json_serializer"]
+__all__ = ["build_worker"]
 
 log = structlog.get_logger("workers.settings")
 ARQ_MARGIN_S = 5
@@ -90,14 +89,6 @@ class _Worker(Worker):
             raise
 
 
-def json_serializer(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), default=str).encode()
-
-
-def json_deserializer(raw: bytes) -> Any:
-    return json.loads(raw)
-
-
 async def _sweep_loop(deps: WorkerDeps) -> None:
     while True:
         await asyncio.sleep(deps.settings.sweep_interval)
@@ -138,12 +129,12 @@ def build_worker(settings: Settings, *, burst: bool = False, after_startup: Call
         log.info("worker.stopped")
 
     return _Worker(
-        functions=[func(process_event, name=keys.PROCESS_EVENT, timeout=settings.job_timeout + ARQ_MARGIN_S,
+        functions=[func(process_event, name=arq_job.FUNCTION, timeout=settings.job_timeout + ARQ_MARGIN_S,
                         # our own attempt limit dead-letters first; arq's only guards against a loop
                         max_tries=settings.max_attempts + 20)],
         redis_settings=arq_redis_settings(settings.redis_url),
-        job_serializer=json_serializer,
-        job_deserializer=json_deserializer,
+        job_serializer=arq_job.serialize,
+        job_deserializer=arq_job.deserialize,
         max_jobs=settings.worker_concurrency,
         poll_delay=settings.worker_poll_delay,
         keep_result=0,

@@ -11,7 +11,6 @@ is what keeps the receiver near the speed of the web stack.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from enum import StrEnum
 from importlib import resources
@@ -19,10 +18,10 @@ from typing import Any
 
 from redis.asyncio import Redis
 from runinfra_webhooks.service.core.audit import entry_digest
-from runinfra_webhooks.service.storage import keys
+from runinfra_webhooks.service.storage import arq_job, keys
 from runinfra_webhooks.service.storage.coalesce import Coalescer
 
-__all__ = ["Delivery", "IngestOutcome", "Ingestor", "arq_job_payload"]
+__all__ = ["Delivery", "IngestOutcome", "Ingestor"]
 
 _SCRIPT = resources.files("runinfra_webhooks.service.storage").joinpath("ingest.lua").read_text()
 
@@ -55,16 +54,6 @@ class Delivery:
     reason: str = ""
 
 
-def arq_job_payload(event_id: str, generation: int, enqueue_ms: int, job_try: int = 1) -> str:
-    """arq 0.28's job format (arq.jobs.serialize_job) with JSON instead of pickle.
-
-    Byte for byte ``json.dumps({"t", "f", "a", "k", "et"}, separators=(",", ":"))``, built as text because it
-    runs once per delivery (a json.dumps with non-default arguments builds a new encoder every call).
-    """
-    return (f'{{"t":{int(job_try)},"f":"{keys.PROCESS_EVENT}","a":[{json.dumps(event_id)},{int(generation)}],'
-            f'"k":{{}},"et":{int(enqueue_ms)}}}')
-
-
 class Ingestor:
     """Runs the ingest script per delivery, coalescing concurrent deliveries; use from one event loop."""
 
@@ -88,7 +77,7 @@ class Ingestor:
         return (
             keys.dedup(d.event_id), keys.event(d.event_id), keys.ARQ_JOB + job_id, *self._const_keys,
             d.wanted.value, d.event_id, self._dedup_ttl, d.received_ms, job_id,
-            arq_job_payload(d.event_id, 0, d.received_ms), *self._expiry_and_retention, d.type, d.created,
+            arq_job.payload(d.event_id, 0, d.received_ms), *self._expiry_and_retention, d.type, d.created,
             d.request_id, d.secret_index, d.header, d.body, digest, d.reason,
         )
 

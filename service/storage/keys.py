@@ -1,10 +1,20 @@
 """Every Redis key the project uses, with its type and lifetime: the one place to look.
 
 All of our keys start with ``rwh:``. arq's own keys (``arq:queue``, ``arq:job:<id>``, ``arq:in-progress:<id>``,
-``arq:retry:<id>``) are named here too because the ingest script writes arq jobs directly.
+``arq:retry:<id>``) are named here too because the ingest script writes arq jobs directly; their format
+is defined in ``arq_job``.
 """
 
 from __future__ import annotations
+
+# arq's keys and job id belong to arq's job format (arq_job.py, pinned arq 0.28.0); named here too so this
+# module still lists every key.
+from runinfra_webhooks.service.storage.arq_job import FUNCTION as PROCESS_EVENT
+from runinfra_webhooks.service.storage.arq_job import IN_PROGRESS as ARQ_IN_PROGRESS
+from runinfra_webhooks.service.storage.arq_job import JOB as ARQ_JOB
+from runinfra_webhooks.service.storage.arq_job import QUEUE as ARQ_QUEUE
+from runinfra_webhooks.service.storage.arq_job import RETRY as ARQ_RETRY
+from runinfra_webhooks.service.storage.arq_job import job_id
 
 __all__ = [
     "ARQ_IN_PROGRESS",
@@ -34,13 +44,6 @@ __all__ = [
 
 PREFIX = "rwh:"
 
-# arq's keys (arq.constants, pinned arq 0.28.0)
-ARQ_QUEUE = "arq:queue"  # zset job_id -> score (ms when runnable)
-ARQ_JOB = "arq:job:"  # + job_id: serialized job (JSON), PX = expires
-ARQ_IN_PROGRESS = "arq:in-progress:"  # + job_id: set while a worker runs it; PX = job timeout + 10 s
-ARQ_RETRY = "arq:retry:"  # + job_id: arq's try counter
-PROCESS_EVENT = "process_event"  # the one arq function every event job calls
-
 # --- receiver ------------------------------------------------------------------------------------
 def dedup(event_id: str) -> str:
     """String: ms receive time. EX = RUNINFRA_DEDUP_TTL (default 7 days)."""
@@ -54,11 +57,6 @@ def event(event_id: str) -> str:
     RUNINFRA_DEAD_LETTER_RETENTION once dead-lettered.
     """
     return f"{PREFIX}event:{event_id}"
-
-
-def job_id(event_id: str, generation: int) -> str:
-    """arq job id of one generation of an event (replay bumps the generation)."""
-    return f"{event_id}@{generation}"
 
 
 INFLIGHT = f"{PREFIX}inflight"  # zset event_id -> ms of last state change, while queued/processing/retrying

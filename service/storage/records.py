@@ -12,9 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from redis.asyncio import Redis
-from runinfra_webhooks.service.storage import keys
+from runinfra_webhooks.service.storage import arq_job, keys
 from runinfra_webhooks.service.storage.coalesce import Coalescer
-from runinfra_webhooks.service.storage.ingest import arq_job_payload
 
 __all__ = ["EventRecord", "Records", "ReplayRefused"]
 
@@ -59,7 +58,8 @@ redis.call('HSET', KEYS[1], 'gateway_request_ids', cjson.encode(ids))
 return #ids
 """
 
-# KEYS: event, inflight, dead, arq queue, arq job prefix ... ARGV: event id, now, job expiry ms, new generation
+# KEYS: event, inflight, dead, arq queue, arq job prefix. ARGV: event id, now, job expiry ms, job text before
+# and after the generation
 _REPLAY = """
 if redis.call('HGET', KEYS[1], 'state') ~= 'dead_lettered' then return 0 end
 local gen = redis.call('HINCRBY', KEYS[1], 'generation', 1)
@@ -69,9 +69,8 @@ redis.call('PERSIST', KEYS[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 local job_id = ARGV[1] .. '@' .. gen
--- Built as text, not with cjson, so the ms timestamp is never printed in exponent form.
-local job = '{"t":1,"f":"process_event","a":[' .. cjson.encode(ARGV[1]) .. ',' .. gen
-  .. '],"k":{},"et":' .. ARGV[2] .. '}'
+-- The job's text around the generation comes from arq_job.py, the one owner of arq's format.
+local job = ARGV[4] .. gen .. ARGV[5]
 redis.call('SET', KEYS[5] .. job_id, job, 'PX', ARGV[3])
 redis.call('ZADD', KEYS[4], ARGV[2], job_id)
 return gen
@@ -199,7 +198,7 @@ class Records:
         """Re-queue a dead-lettered event under a new key generation; returns the generation."""
         gen = await self._replay(
             keys=[keys.event(event_id), keys.INFLIGHT, keys.DEAD_LETTERS, keys.ARQ_QUEUE, keys.ARQ_JOB],
-            args=[event_id, now_ms, self._job_expiry_ms],
+            args=[event_id, now_ms, self._job_expiry_ms, *arq_job.payload_around_generation(event_id, now_ms)],
         )
         if not gen:
             msg = f"event {event_id} is not dead-lettered"
@@ -211,7 +210,7 @@ class Records:
         result = await self._requeue(
             keys=[keys.event(event_id), keys.ARQ_JOB + job_id, keys.ARQ_QUEUE, keys.ARQ_IN_PROGRESS + job_id,
                   keys.INFLIGHT],
-            args=[event_id, generation, now_ms, self._job_expiry_ms, arq_job_payload(event_id, generation, now_ms),
+            args=[event_id, generation, now_ms, self._job_expiry_ms, arq_job.payload(event_id, generation, now_ms),
                   job_id],
         )
         return bool(result)
