@@ -1,34 +1,8 @@
-"""Reactions: one plain async function per event type, registered here.
+"""Reactions: async functions declared with ``@handler(TYPE)``, run by the workers for each event of TYPE.
 
-Adding a reaction touches only this package: write ``async def handle(event, ctx)`` in a module and add
-it to ``HANDLERS``. Handlers must be idempotent (jobs run at least once) and raise
-``handlers.errors.PermanentError`` for what retrying cannot fix.
+The built-in ones live beside this file (``deployments``, ``embeddings``, ``followup``); a team's own are
+modules named in ``RUNINFRA_HANDLERS`` or exposed under the ``runinfra_webhooks.handlers`` entry-point group
+(``registry.py`` loads them all). Handlers must be idempotent (jobs run at least once) and raise
+``PermanentError`` for what retrying cannot fix. This package imports nothing heavy: the built-ins are
+imported by the registry, not here.
 """
-
-from __future__ import annotations
-
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
-
-from runinfra_webhooks.handlers import deployments as deployments
-from runinfra_webhooks.handlers import embeddings as embeddings
-from runinfra_webhooks.handlers import followup as followup
-from runinfra_webhooks.handlers.context import HandlerContext
-
-__all__ = ["HANDLERS", "Handler", "HandlerContext", "handlers_for"]
-
-Handler = Callable[[Any, HandlerContext], Awaitable[None]]
-
-# Several reactions may follow one type; they run in this order, each idempotent on its own.
-HANDLERS: Mapping[str, tuple[Handler, ...]] = {
-    "deployment.created": (deployments.handle,),
-    "deployment.ready": (deployments.handle, embeddings.handle),
-    "deployment.updated": (deployments.handle, embeddings.handle),
-    "deployment.failed": (deployments.handle,),
-    "deployment.deleted": (deployments.handle,),
-    "transcription.completed": (followup.handle,),
-}
-
-
-def handlers_for(event_type: str) -> tuple[Handler, ...]:
-    return HANDLERS.get(event_type, ())

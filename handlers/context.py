@@ -1,29 +1,50 @@
-"""What a handler gets besides its typed event: settings, Redis, and gateway calls bound to this event."""
+"""What a handler gets besides its typed event: who it is, which attempt, a logger, and gateway calls whose
+idempotency keys are bound to this event, this handler and the key generation."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
-from redis.asyncio import Redis
+import structlog
 from runinfra_webhooks.handlers.errors import PermanentError
-from runinfra_webhooks.service.gateway.client import GatewayClient, GatewayResponse, idempotency_key
-from runinfra_webhooks.service.settings import Settings
-from runinfra_webhooks.service.storage.coalesce import CoalescedScript, Coalescer
+from runinfra_webhooks.service.gateway.client import GatewayResponse, idempotency_key
+
+if TYPE_CHECKING:  # kept out of the import: the library API must import without Redis
+    from redis.asyncio import Redis
+    from runinfra_webhooks.service.gateway.client import GatewayClient
+    from runinfra_webhooks.service.settings import WorkerSettings
+    from runinfra_webhooks.service.storage.coalesce import CoalescedScript, Coalescer
 
 __all__ = ["HandlerContext"]
 
 
+async def _no_request_id(_: str) -> None:
+    return None
+
+
 @dataclass(frozen=True)
 class HandlerContext:
-    settings: Settings
-    redis: Redis
+    """Handed to every handler with its event.
+
+    ``event_id``, ``attempt`` (1 on the first try), ``generation`` (0 until a manual replay), ``log`` (bound to
+    the event), ``call_gateway`` and ``idempotency_key`` are the stable surface; ``settings`` and ``redis`` are
+    there for reactions that need the service's own configuration and storage.
+    """
+
     event_id: str
-    generation: int
-    gateway: GatewayClient | None
-    # Stores a gateway x-request-id with the event's processing state (contract §7).
-    record_request_id: Callable[[str], Awaitable[None]]
+    generation: int = 0
+    attempt: int = 1
+    settings: WorkerSettings | None = None
+    redis: Redis | None = None
+    gateway: GatewayClient | None = None
+    # The handler's qualified name scopes its keys, so two handlers of one event never share a key. The
+    # built-in reactions keep the unscoped keys they have always sent, so an upgrade re-sends no inference.
+    scope: str = ""
+    log: Any = field(default_factory=lambda: structlog.get_logger("handlers"))
+    # Stores a gateway x-request-id with the event's processing state.
+    record_request_id: Callable[[str], Awaitable[None]] = _no_request_id
     # A handler that saves progress durably (a committed batch) says so: an attempt that progressed and then
     # timed out or failed transiently does not count towards RUNINFRA_MAX_ATTEMPTS, so a corpus too large for
     # one attempt is finished over several instead of dead-lettered.
@@ -31,20 +52,41 @@ class HandlerContext:
     # The worker's shared script runner: concurrent jobs' scripts go to Redis in one round trip.
     scripts: Coalescer | None = None
 
+    def require_settings(self) -> WorkerSettings:
+        """The service's settings (always set in a worker; a handler's own test may leave them out)."""
+        if self.settings is None:
+            msg = "this context has no settings"
+            raise RuntimeError(msg)
+        return self.settings
+
+    def require_redis(self) -> Redis:
+        """The service's Redis (always set in a worker)."""
+        if self.redis is None:
+            msg = "this context has no Redis"
+            raise RuntimeError(msg)
+        return self.redis
+
     def script(self, text: str) -> CoalescedScript:
         """A Lua script to ``await s(keys=[...], args=[...])``, run through the worker's coalescer."""
-        return (self.scripts if self.scripts is not None else Coalescer(self.redis)).script(text)
+        if self.scripts is not None:
+            return self.scripts.script(text)
+        from runinfra_webhooks.service.storage.coalesce import Coalescer
 
-    def key(self, step: str, part: int | str = 0) -> str:
-        """The Idempotency-Key of one logical call of this event: same on every retry, new per replay."""
-        return idempotency_key(self.event_id, step, part, self.generation)
+        return Coalescer(self.require_redis()).script(text)
 
-    async def call_gateway(self, route: str, body: dict[str, Any], *, step: str, part: int | str = 0
+    def idempotency_key(self, step: str, part: int | str = 0) -> str:
+        """The Idempotency-Key of one logical call: the same on every retry, new per replay."""
+        return idempotency_key(self.event_id, f"{self.scope}/{step}" if self.scope else step, part, self.generation)
+
+    async def call_gateway(self, route: str, json: dict[str, Any], *, step: str, part: int | str = 0
                            ) -> GatewayResponse:
-        """POST to the gateway with this event's key for (step, part); the gateway request id is recorded."""
+        """POST ``json`` to the gateway ``route`` with this call's key; the gateway request id is recorded.
+
+        Retries transient failures with backoff and raises the gateway client's typed errors otherwise.
+        """
         if self.gateway is None:
             raise PermanentError("gateway_not_configured", "RUNINFRA_API_KEY is not set")
-        response = await self.gateway.post(route, body, idempotency_key=self.key(step, part))
+        response = await self.gateway.post(route, json, idempotency_key=self.idempotency_key(step, part))
         if response.request_id:
             await self.record_request_id(response.request_id)
         return response

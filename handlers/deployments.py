@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 from runinfra_webhooks.handlers.context import HandlerContext
+from runinfra_webhooks.handlers.registry import handler
 from runinfra_webhooks.service.core.events import (
     DeploymentCreated,
     DeploymentDeleted,
@@ -67,6 +68,11 @@ def apply_fields(event: DeploymentEvent) -> dict[str, str]:
     return fields
 
 
+@handler("deployment.created")
+@handler("deployment.ready")
+@handler("deployment.updated")
+@handler("deployment.failed")
+@handler("deployment.deleted")
 async def handle(event: DeploymentEvent, ctx: HandlerContext) -> None:
     fields = apply_fields(event)
     history = json.dumps({"event_id": event.id, "type": event.type, "created": event.created})

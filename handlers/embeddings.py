@@ -33,6 +33,7 @@ from runinfra_webhooks.handlers.corpus import (
     start_build,
 )
 from runinfra_webhooks.handlers.errors import PermanentError, TransientError
+from runinfra_webhooks.handlers.registry import handler
 from runinfra_webhooks.service.core.events import DeploymentReady, DeploymentUpdated
 
 __all__ = ["embed_collection", "handle", "parse_embeddings", "step_name"]
@@ -76,20 +77,21 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
+@handler("deployment.ready")
+@handler("deployment.updated")
 async def handle(event: DeploymentReady | DeploymentUpdated, ctx: HandlerContext) -> None:
     data = event.data
     if data.modality != MODALITY:
         return
     # Every deployment.ready/updated of an embeddings model asks this; most have no collection.
-    for collection in await collections_for_model(ctx.redis, data.model, via=ctx.scripts):
+    for collection in await collections_for_model(ctx.require_redis(), data.model, via=ctx.scripts):
         await embed_collection(ctx, collection, model=data.model, revision=data.revision, created=event.created)
 
 
 async def embed_collection(ctx: HandlerContext, collection: str, *, model: str, revision: str, created: int) -> bool:
     """Embed (or finish embedding) ``collection`` at ``revision``; True when that revision became active."""
-    build = await start_build(
-        ctx.redis, collection, model=model, revision=revision, created=created, batch_size=ctx.settings.embed_batch_size
-    )
+    build = await start_build(ctx.require_redis(), collection, model=model, revision=revision, created=created,
+                              batch_size=ctx.require_settings().embed_batch_size)
     if build is None:
         return False
     batches = build.batches
@@ -103,13 +105,13 @@ async def embed_collection(ctx: HandlerContext, collection: str, *, model: str, 
     )
     try:
         for index in range(build.done, len(batches)):
-            texts = await batch_texts(ctx.redis, build, index)
+            texts = await batch_texts(ctx.require_redis(), build, index)
             response = await ctx.call_gateway(
                 ROUTE, {"model": model, "input": texts}, step=step_name(build), part=index
             )
-            if await commit_batch(ctx.redis, build, index, parse_embeddings(response.json(), len(texts))):
+            if await commit_batch(ctx.require_redis(), build, index, parse_embeddings(response.json(), len(texts))):
                 ctx.note_progress()
-        flipped = await finish_build(ctx.redis, build, created=created)
+        flipped = await finish_build(ctx.require_redis(), build, created=created)
     except CorpusChanged as exc:
         raise TransientError(f"{exc}; the build starts over") from exc
     log.info(

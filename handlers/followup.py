@@ -37,8 +37,9 @@ from typing import Any
 import structlog
 from runinfra_webhooks.handlers.context import HandlerContext
 from runinfra_webhooks.handlers.errors import PermanentError
+from runinfra_webhooks.handlers.registry import handler
 from runinfra_webhooks.service.core.events import TranscriptionCompleted
-from runinfra_webhooks.service.settings import Settings
+from runinfra_webhooks.service.settings import WorkerSettings
 from runinfra_webhooks.service.storage import keys
 
 __all__ = [
@@ -120,7 +121,7 @@ def render_template(template: str, *, text: str, language: str | None, request_i
         raise PermanentError("invalid_template", f"RUNINFRA_FOLLOWUP_TEMPLATE: {exc}") from None
 
 
-def speech_body(settings: Settings, text: str) -> dict[str, Any]:
+def speech_body(settings: WorkerSettings, text: str) -> dict[str, Any]:
     """The ``/audio/speech`` request for ``text``; ``PermanentError("tts_not_configured")`` without config."""
     if not settings.tts_model:
         raise PermanentError("tts_not_configured", "RUNINFRA_TTS_MODEL is not set")
@@ -181,8 +182,9 @@ def write_atomically(path: Path, data: bytes) -> None:
 
 
 # --- the reaction ----------------------------------------------------------------------------------
+@handler("transcription.completed")
 async def handle(event: TranscriptionCompleted, ctx: HandlerContext) -> None:
-    settings = ctx.settings
+    settings = ctx.require_settings()
     done = await asyncio.to_thread(existing_audio, settings.artifacts_dir, event.id)
     if done is not None:
         log.info("followup.already_done", event_id=event.id, path=str(done))
@@ -204,7 +206,7 @@ async def handle(event: TranscriptionCompleted, ctx: HandlerContext) -> None:
 
 
 async def _reply_text(event: TranscriptionCompleted, ctx: HandlerContext) -> str:
-    data, settings = event.data, ctx.settings
+    data, settings = event.data, ctx.require_settings()
     if not settings.chat_model:
         reply = render_template(
             settings.followup_template, text=data.text, language=data.language, request_id=data.request_id
@@ -213,7 +215,7 @@ async def _reply_text(event: TranscriptionCompleted, ctx: HandlerContext) -> str
             raise PermanentError("empty_reply", "RUNINFRA_FOLLOWUP_TEMPLATE gave an empty reply for this event")
         return reply
     key = keys.followup_reply(event.id)
-    stored = await ctx.redis.get(key)
+    stored = await ctx.require_redis().get(key)
     if stored is not None:
         return bytes(stored).decode()
     body = {
@@ -222,5 +224,5 @@ async def _reply_text(event: TranscriptionCompleted, ctx: HandlerContext) -> str
     }
     response = await ctx.call_gateway("/chat/completions", body, step="chat")
     reply = chat_reply(response.json())
-    await ctx.redis.set(key, reply, ex=settings.event_retention)
+    await ctx.require_redis().set(key, reply, ex=settings.event_retention)
     return reply

@@ -1,34 +1,108 @@
 """Settings, read from the environment once and passed down explicitly.
 
 Nothing reads the environment at import time: the app factory, the worker start-up and the CLI each call
-``load_settings()`` and hand the frozen object to what they build.
+``load_settings(cls)`` for the class their process needs and hand the frozen object to what they build. A
+command that only reads stored state builds ``StoreSettings`` and needs no secret.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from runinfra_webhooks.service.storage.redis_url import parse_redis_url
 
-__all__ = ["ConfigError", "Settings", "load_settings"]
+__all__ = ["ConfigError", "ReceiverSettings", "Settings", "StoreSettings", "WorkerSettings", "load_settings"]
+
+_MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
+S = TypeVar("S", bound=BaseSettings)
 
 
 class ConfigError(Exception):
     """A setting is missing or invalid; the message is one line naming the variable."""
 
 
-class Settings(BaseSettings):
+class _FromEnvironment(BaseSettings):
     model_config = SettingsConfigDict(frozen=True, extra="ignore", populate_by_name=True)
 
-    # --- contract §8 ---------------------------------------------------------------------------
+
+class StoreSettings(_FromEnvironment):
+    """What every process needs: where the state is and how long it is kept. No secret."""
+
+    redis_url: str = Field("redis://localhost:6379/0", alias="REDIS_URL")
+    dedup_ttl: int = Field(604_800, alias="RUNINFRA_DEDUP_TTL", gt=0)
+    artifacts_dir: Path = Field(Path("./artifacts"), alias="RUNINFRA_ARTIFACTS_DIR")
+    event_retention: int = Field(604_800, alias="RUNINFRA_EVENT_RETENTION", gt=0)
+    dead_letter_retention: int = Field(2_592_000, alias="RUNINFRA_DEAD_LETTER_RETENTION", gt=0)
+    audit_retention: int = Field(2_592_000, alias="RUNINFRA_AUDIT_RETENTION", gt=0)
+    lost_deadline: int = Field(86_400, alias="RUNINFRA_LOST_DEADLINE", gt=0)
+    log_level: str = Field("info", alias="RUNINFRA_LOG_LEVEL")
+    # Which reactions exist: the receiver needs them as much as the worker (which types to queue).
+    handler_modules: Annotated[tuple[str, ...], NoDecode] = Field((), alias="RUNINFRA_HANDLERS")
+    builtin_reactions: Annotated[tuple[str, ...], NoDecode] = Field(
+        ("registry", "embeddings", "followup"), alias="RUNINFRA_BUILTIN_REACTIONS")
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        parse_redis_url(value)  # RedisUrlError is a ValueError whose message never contains the URL
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        if value.lower() not in {"debug", "info", "warning", "error"}:
+            msg = "one of debug, info, warning, error"
+            raise ValueError(msg)
+        return value.lower()
+
+    @field_validator("handler_modules", "builtin_reactions", mode="before")
+    @classmethod
+    def _names(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        names = tuple(part.strip() for part in value.split(",") if part.strip())
+        if any(_MODULE.fullmatch(n) is None for n in names):
+            msg = "a comma-separated list of importable names"
+            raise ValueError(msg)
+        return names
+
+
+class ReceiverSettings(StoreSettings):
+    """The receiver's: the webhook secrets and the limits on what it accepts."""
+
     webhook_secrets: Annotated[tuple[SecretStr, ...], NoDecode] = Field(alias="RUNINFRA_WEBHOOK_SECRET")
     tolerance: int = Field(300, alias="RUNINFRA_WEBHOOK_TOLERANCE", ge=0)
     max_body: int = Field(1_048_576, alias="RUNINFRA_WEBHOOK_MAX_BODY", gt=0)
-    dedup_ttl: int = Field(604_800, alias="RUNINFRA_DEDUP_TTL", gt=0)
-    redis_url: str = Field("redis://localhost:6379/0", alias="REDIS_URL")
+    body_timeout: float = Field(10.0, alias="RUNINFRA_BODY_TIMEOUT", gt=0)
+
+    @field_validator("webhook_secrets", mode="before")
+    @classmethod
+    def _split_secrets(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        secrets = tuple(part.strip() for part in value.split(","))
+        if any(not s for s in secrets):
+            msg = "empty entry in the comma-separated list"
+            raise ValueError(msg)
+        if any(any(ch.isspace() for ch in s) for s in secrets):
+            msg = "whitespace inside a secret"
+            raise ValueError(msg)
+        return secrets
+
+    def secret_values(self) -> tuple[bytes, ...]:
+        """The secrets as HMAC keys: the UTF-8 bytes of each whole string, prefix included."""
+        return tuple(s.get_secret_value().encode() for s in self.webhook_secrets)
+
+
+class WorkerSettings(StoreSettings):
+    """The worker's: the gateway, the reactions' configuration, attempts and timeouts. No webhook secret."""
+
     base_url: str = Field("https://api.runinfra.ai/v1", alias="RUNINFRA_BASE_URL")
     api_key: SecretStr | None = Field(None, alias="RUNINFRA_API_KEY")
     tts_model: str | None = Field(None, alias="RUNINFRA_TTS_MODEL")
@@ -36,13 +110,6 @@ class Settings(BaseSettings):
     tts_ref_audio: str | None = Field(None, alias="RUNINFRA_TTS_REF_AUDIO")
     tts_ref_text: str | None = Field(None, alias="RUNINFRA_TTS_REF_TEXT")
     tts_task_type: str = Field("Base", alias="RUNINFRA_TTS_TASK_TYPE")
-    artifacts_dir: Path = Field(Path("./artifacts"), alias="RUNINFRA_ARTIFACTS_DIR")
-
-    # --- the project's own (documented in the README) -------------------------------------------
-    body_timeout: float = Field(10.0, alias="RUNINFRA_BODY_TIMEOUT", gt=0)
-    event_retention: int = Field(604_800, alias="RUNINFRA_EVENT_RETENTION", gt=0)
-    dead_letter_retention: int = Field(2_592_000, alias="RUNINFRA_DEAD_LETTER_RETENTION", gt=0)
-    audit_retention: int = Field(2_592_000, alias="RUNINFRA_AUDIT_RETENTION", gt=0)
     chat_model: str | None = Field(None, alias="RUNINFRA_CHAT_MODEL")
     followup_template: str = Field(
         "Thanks for your message. We heard: {text}", alias="RUNINFRA_FOLLOWUP_TEMPLATE"
@@ -60,50 +127,20 @@ class Settings(BaseSettings):
     shutdown_grace: int = Field(20, alias="RUNINFRA_SHUTDOWN_GRACE", ge=0)
     sweep_interval: int = Field(30, alias="RUNINFRA_SWEEP_INTERVAL", gt=0)
     stuck_after: int = Field(120, alias="RUNINFRA_STUCK_AFTER", gt=0)
-    lost_deadline: int = Field(86_400, alias="RUNINFRA_LOST_DEADLINE", gt=0)
-    log_level: str = Field("info", alias="RUNINFRA_LOG_LEVEL")
-
-    @field_validator("webhook_secrets", mode="before")
-    @classmethod
-    def _split_secrets(cls, value: Any) -> Any:
-        if not isinstance(value, str):
-            return value
-        secrets = tuple(part.strip() for part in value.split(","))
-        if any(not s for s in secrets):
-            msg = "empty entry in the comma-separated list"
-            raise ValueError(msg)
-        if any(any(ch.isspace() for ch in s) for s in secrets):
-            msg = "whitespace inside a secret"
-            raise ValueError(msg)
-        return secrets
-
-    @field_validator("redis_url")
-    @classmethod
-    def _redis_url(cls, value: str) -> str:
-        parse_redis_url(value)  # RedisUrlError is a ValueError whose message never contains the URL
-        return value
-
-    @field_validator("log_level")
-    @classmethod
-    def _level(cls, value: str) -> str:
-        if value.lower() not in {"debug", "info", "warning", "error"}:
-            msg = "one of debug, info, warning, error"
-            raise ValueError(msg)
-        return value.lower()
-
-    def secret_values(self) -> tuple[bytes, ...]:
-        """The secrets as HMAC keys: the UTF-8 bytes of each whole string, prefix included."""
-        return tuple(s.get_secret_value().encode() for s in self.webhook_secrets)
 
 
-def load_settings(**overrides: Any) -> Settings:
-    """Build settings from the environment (and explicit overrides, by variable name).
+class Settings(ReceiverSettings, WorkerSettings):
+    """Everything at once, for what runs both sides in one process (tests, benchmarks)."""
+
+
+def load_settings(cls: type[S] = Settings, **overrides: Any) -> S:  # type: ignore[assignment]
+    """Build ``cls`` from the environment (and explicit overrides, by variable name).
 
     Raises ``ConfigError`` with one line naming the first bad variable; never echoes its value, which may
     be a secret.
     """
     try:
-        return Settings(**overrides)
+        return cls(**overrides)
     except ValidationError as exc:
         err = exc.errors()[0]
         name = str(err["loc"][0]) if err["loc"] else "settings"

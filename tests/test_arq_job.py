@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 from arq import constants
 from arq.jobs import deserialize_job, serialize_job
-
 from runinfra_webhooks.service.storage import arq_job
 
 

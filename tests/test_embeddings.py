@@ -45,7 +45,8 @@ class Runner:
         async def record(request_id: str) -> None:
             self.request_ids.append(request_id)
 
-        return HandlerContext(settings, self.redis, event_id, 0, GatewayClient.from_settings(settings), record)
+        return HandlerContext(event_id=event_id, settings=settings, redis=self.redis,
+                              gateway=GatewayClient.from_settings(settings), record_request_id=record)
 
     async def run(self, event: DeploymentReady | DeploymentUpdated, **env: object) -> None:
         ctx = self.context(event.id, **env)

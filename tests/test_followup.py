@@ -47,7 +47,8 @@ class Runner:
 
         gateway = GatewayClient.from_settings(settings)
         try:
-            await followup.handle(event, HandlerContext(settings, self.redis, event.id, 0, gateway, record))
+            await followup.handle(event, HandlerContext(event_id=event.id, settings=settings, redis=self.redis,
+                                                             gateway=gateway, record_request_id=record))
         finally:
             await gateway.aclose()
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
+from runinfra_webhooks.handlers.registry import Registry
 from runinfra_webhooks.service.gateway.client import GatewayClient
-from runinfra_webhooks.service.settings import Settings
+from runinfra_webhooks.service.settings import WorkerSettings
 from runinfra_webhooks.service.storage.records import Records
 
 __all__ = ["WorkerDeps"]
@@ -14,7 +15,8 @@ __all__ = ["WorkerDeps"]
 
 @dataclass(frozen=True)
 class WorkerDeps:
-    settings: Settings
+    settings: WorkerSettings
     redis: Redis
     records: Records
     gateway: GatewayClient | None  # None without RUNINFRA_API_KEY: gateway-bound reactions dead-letter
+    registry: Registry

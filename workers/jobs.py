@@ -14,8 +14,9 @@ from typing import Any
 import structlog
 from arq import Retry
 from pydantic import ValidationError
-from runinfra_webhooks.handlers import HandlerContext, handlers_for
-from runinfra_webhooks.service.core.events import InvalidJSON, parse_event, parse_json_object
+from runinfra_webhooks.handlers.context import HandlerContext
+from runinfra_webhooks.handlers.registry import Registration
+from runinfra_webhooks.service.core.events import CATALOGUE, Envelope, InvalidJSON, parse_event, parse_json_object
 from runinfra_webhooks.workers.deps import WorkerDeps
 from runinfra_webhooks.workers.retry import decide
 
@@ -40,8 +41,13 @@ async def process_event(ctx: dict[str, Any], event_id: str, generation: int) -> 
     attempt = record.attempts
     bound = bound.bind(type=record.type, attempt=attempt)
 
+    handlers = deps.registry.for_type(record.type)
     try:
-        event = parse_event(parse_json_object(record.body))
+        obj = parse_json_object(record.body)
+        # A catalogued type is parsed once for all its handlers; another type per handler, by its own model.
+        typed = parse_event(obj) if record.type in CATALOGUE else None
+        events: list[tuple[Registration, Envelope]] = [(h, typed if typed is not None else h.parse(obj))
+                                                         for h in handlers]
     except (InvalidJSON, ValidationError):
         await records.dead_lettered(event_id, generation, _now_ms(), "invalid_payload", "data does not fit its model")
         bound.warning("event.dead_lettered", reason="invalid_payload")
@@ -56,14 +62,21 @@ async def process_event(ctx: dict[str, Any], event_id: str, generation: int) -> 
         nonlocal progressed
         progressed = True
 
-    hctx = HandlerContext(settings=settings, redis=deps.redis, event_id=event_id, generation=generation,
-                          gateway=deps.gateway, record_request_id=record_request_id, note_progress=note_progress,
-                          scripts=records.scripts)
+    def context(h: Registration) -> HandlerContext:
+        return HandlerContext(event_id=event_id, generation=generation, attempt=attempt, settings=settings,
+                              redis=deps.redis, gateway=deps.gateway, scope="" if h.builtin else h.name,
+                              log=bound.bind(handler=h.name), record_request_id=record_request_id,
+                              note_progress=note_progress, scripts=records.scripts)
+
     try:
         # Our own deadline, shorter than arq's: arq treats its timeout as a final failure, we retry.
         async with asyncio.timeout(settings.job_timeout):
-            for handler in handlers_for(event.type):
-                await handler(event, hctx)
+            for i, (h, event) in enumerate(events):
+                if h.name in record.handlers_done:
+                    continue  # finished in an earlier attempt of this generation
+                await h.func(event, context(h))
+                if i < len(events) - 1:  # the last one's success is the event's own
+                    await records.handler_done(event_id, generation, h.name)
     except Exception as exc:
         # An attempt that saved progress starts the count over (see HandlerContext.note_progress).
         d = decide(exc, attempt=1 if progressed else attempt, max_attempts=settings.max_attempts,

@@ -33,6 +33,9 @@ def _describe(exc: BaseException) -> str:
             f"request_id={exc.request_id}" if exc.request_id else "",
         ]
         return " ".join(p for p in parts if p)
+    if not isinstance(exc, PermanentError | TransientError):
+        # Someone else's exception: its arguments may hold anything (a payload, a credential), so only its type.
+        return type(exc).__name__
     text = str(exc).splitlines()[0][:300] if str(exc) else ""
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
@@ -45,6 +48,7 @@ def decide(exc: BaseException, *, attempt: int, max_attempts: int, base: float, 
     if isinstance(exc, PermanentError):
         return Decision(False, 0.0, exc.code, error)
     if attempt >= max_attempts:
-        return Decision(False, 0.0, "attempts_exhausted", error)
+        ours = isinstance(exc, TransientError | GatewayTransientError)
+        return Decision(False, 0.0, "attempts_exhausted" if ours else type(exc).__name__, error)
     retry_after = exc.retry_after if isinstance(exc, GatewayTransientError | TransientError) else None
     return Decision(True, backoff_delay(attempt, base=base, cap=cap, retry_after=retry_after, rng=rng), "", error)

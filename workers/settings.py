@@ -1,4 +1,4 @@
-"""arq glue: a Worker built from our Settings, with JSON jobs (never pickle) and our timeouts.
+"""arq glue: a Worker built from our WorkerSettings, with JSON jobs (never pickle) and our timeouts.
 
 Timing, chosen so a killed worker's job comes back within 60 s: a handler gets RUNINFRA_JOB_TIMEOUT
 (default 30 s) of our own deadline; arq's function timeout is 5 s longer so ours always fires first; arq
@@ -15,9 +15,10 @@ from typing import Any
 import structlog
 from arq import Worker
 from arq.worker import func
+from runinfra_webhooks.handlers.registry import Registry, load_registry
 from runinfra_webhooks.service.gateway.client import GatewayClient
-from runinfra_webhooks.service.settings import Settings
-from runinfra_webhooks.service.storage import arq_job, keys
+from runinfra_webhooks.service.settings import WorkerSettings
+from runinfra_webhooks.service.storage import arq_job
 from runinfra_webhooks.service.storage.connection import STORAGE_ERRORS, arq_redis_settings
 from runinfra_webhooks.service.storage.records import Records
 from runinfra_webhooks.workers.deps import WorkerDeps
@@ -98,15 +99,18 @@ async def _sweep_loop(deps: WorkerDeps) -> None:
             log.warning("sweep.failed", error=type(exc).__name__)
 
 
-def build_worker(settings: Settings, *, burst: bool = False, after_startup: Callable[[], None] | None = None
-                 ) -> Worker:
+def build_worker(settings: WorkerSettings, *, registry: Registry | None = None, burst: bool = False,
+                 after_startup: Callable[[], None] | None = None) -> Worker:
     """``after_startup`` runs once the worker's long-lived state exists (the ``worker`` command settles the
-    garbage collector there; tests build workers inside pytest and pass nothing)."""
+    garbage collector there; tests build workers inside pytest and pass nothing). ``registry`` is loaded
+    from the settings when not given (raises HandlerLoadError when a handler module does not load)."""
+    handlers = registry if registry is not None else load_registry(
+        builtin=settings.builtin_reactions, modules=settings.handler_modules)
     async def on_startup(ctx: dict[str, Any]) -> None:
         redis = ctx["redis"]
         gateway = GatewayClient.from_settings(settings) if settings.api_key is not None else None
         deps = WorkerDeps(
-            settings=settings, redis=redis, gateway=gateway,
+            settings=settings, redis=redis, gateway=gateway, registry=handlers,
             records=Records(redis, event_retention=settings.event_retention,
                             dead_letter_retention=settings.dead_letter_retention,
                             job_expiry_s=settings.lost_deadline),

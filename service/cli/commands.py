@@ -14,17 +14,18 @@ from typing import IO, Any
 
 import httpx
 from redis.asyncio import Redis
+from runinfra_webhooks.handlers.registry import Registry
 from runinfra_webhooks.service.core.audit import verify_entries
 from runinfra_webhooks.service.core.signature import sign
 from runinfra_webhooks.service.gc_tuning import settle_after_startup
-from runinfra_webhooks.service.settings import Settings
+from runinfra_webhooks.service.settings import ReceiverSettings, StoreSettings, WorkerSettings
 from runinfra_webhooks.service.storage.audit_store import audit_base, audit_head, iter_audit
 from runinfra_webhooks.service.storage.connection import connect
 from runinfra_webhooks.service.storage.records import Records, ReplayRefused
 
 __all__ = [
     "audit_export", "audit_verify", "corpus_export", "corpus_load", "dead_letter_list", "deployments",
-    "events_show", "replay", "send", "serve", "worker",
+    "events_show", "list_handlers", "replay", "send", "serve", "worker",
 ]
 
 
@@ -37,7 +38,7 @@ def _json(obj: Any) -> None:
 
 
 @asynccontextmanager
-async def _redis(settings: Settings) -> AsyncIterator[Redis]:
+async def _redis(settings: StoreSettings) -> AsyncIterator[Redis]:
     client = connect(settings.redis_url)
     try:
         yield client
@@ -45,26 +46,26 @@ async def _redis(settings: Settings) -> AsyncIterator[Redis]:
         await client.aclose()
 
 
-def _records(settings: Settings, redis: Redis) -> Records:
+def _records(settings: StoreSettings, redis: Redis) -> Records:
     return Records(redis, event_retention=settings.event_retention,
                    dead_letter_retention=settings.dead_letter_retention, job_expiry_s=settings.lost_deadline)
 
 
 # --- processes -----------------------------------------------------------------------------------
-def serve(settings: Settings, host: str, port: int) -> int:
+def serve(settings: ReceiverSettings, registry: Registry, host: str, port: int) -> int:
     import uvicorn
     from runinfra_webhooks.service.logs import configure_logging
     from runinfra_webhooks.service.receiver.app import create_app
 
     configure_logging(settings.log_level)
-    app = create_app(settings)
+    app = create_app(settings, registry=registry)
     settle_after_startup()  # process-wide, so here at the process's entry rather than in the app factory
     # Every delivery is logged once by the receiver with its outcome; uvicorn's access log would repeat it.
     uvicorn.run(app, host=host, port=port, access_log=False, log_config=None, timeout_graceful_shutdown=10)
     return 0
 
 
-def worker(settings: Settings, *, burst: bool) -> int:
+def worker(settings: WorkerSettings, registry: Registry, *, burst: bool) -> int:
     import asyncio
 
     import uvloop
@@ -75,11 +76,11 @@ def worker(settings: Settings, *, burst: bool) -> int:
     # uvloop, like the receiver (uvicorn picks it): ~20 % less CPU per job than asyncio's own loop, measured
     # with the drain bench. arq's Worker takes the current event loop when it is built.
     asyncio.set_event_loop(uvloop.new_event_loop())
-    build_worker(settings, burst=burst, after_startup=settle_after_startup).run()
+    build_worker(settings, registry=registry, burst=burst, after_startup=settle_after_startup).run()
     return 0
 
 
-def send(settings: Settings, event_type: str, *, url: str, data: str | None, event_id: str | None) -> int:
+def send(settings: ReceiverSettings, event_type: str, *, url: str, data: str | None, event_id: str | None) -> int:
     example = resources.files("runinfra_webhooks.service.devtools").joinpath(f"examples/{event_type}.json")
     event = json.loads(example.read_text())
     event["id"] = event_id or f"evt_{uuid.uuid4().hex[:20]}"
@@ -111,7 +112,7 @@ def send(settings: Settings, event_type: str, *, url: str, data: str | None, eve
 
 
 # --- state ---------------------------------------------------------------------------------------
-async def events_show(settings: Settings, event_id: str) -> int:
+async def events_show(settings: StoreSettings, event_id: str) -> int:
     async with _redis(settings) as redis:
         record = await _records(settings, redis).get(event_id)
     if record is None:
@@ -121,7 +122,7 @@ async def events_show(settings: Settings, event_id: str) -> int:
     return 0
 
 
-async def deployments(settings: Settings, *, as_json: bool) -> int:
+async def deployments(settings: StoreSettings, *, as_json: bool) -> int:
     from runinfra_webhooks.handlers.deployments import list_deployments
 
     async with _redis(settings) as redis:
@@ -139,7 +140,7 @@ async def deployments(settings: Settings, *, as_json: bool) -> int:
     return 0
 
 
-async def dead_letter_list(settings: Settings, *, as_json: bool) -> int:
+async def dead_letter_list(settings: StoreSettings, *, as_json: bool) -> int:
     async with _redis(settings) as redis:
         parked = await _records(settings, redis).dead_letters()
     if as_json:
@@ -152,7 +153,7 @@ async def dead_letter_list(settings: Settings, *, as_json: bool) -> int:
     return 0
 
 
-async def replay(settings: Settings, event_id: str | None, *, all_dead: bool) -> int:
+async def replay(settings: StoreSettings, event_id: str | None, *, all_dead: bool) -> int:
     async with _redis(settings) as redis:
         records = _records(settings, redis)
         if not all_dead:
@@ -177,8 +178,21 @@ async def replay(settings: Settings, event_id: str | None, *, all_dead: bool) ->
         return 0
 
 
+def list_handlers(registry: Registry, *, as_json: bool) -> int:
+    rows = registry.as_json()
+    if as_json:
+        _json(rows)
+        return 0
+    for row in rows:
+        model = f"  model={row['model']}" if row["model"] else ""
+        print(f"{row['type']}  {row['handler']}  ({row['origin']}){model}")
+    if not rows:
+        _err("no handlers registered (RUNINFRA_BUILTIN_REACTIONS is empty and no module adds any)")
+    return 0
+
+
 # --- corpus --------------------------------------------------------------------------------------
-async def corpus_load(settings: Settings, file: str, collection: str, model: str) -> int:
+async def corpus_load(settings: StoreSettings, file: str, collection: str, model: str) -> int:
     from runinfra_webhooks.handlers.corpus import CorpusError, load_corpus
 
     try:
@@ -196,7 +210,7 @@ async def corpus_load(settings: Settings, file: str, collection: str, model: str
     return 0
 
 
-async def corpus_export(settings: Settings, collection: str) -> int:
+async def corpus_export(settings: StoreSettings, collection: str) -> int:
     from runinfra_webhooks.handlers.corpus import CorpusError, export_corpus
 
     async with _redis(settings) as redis:
@@ -219,7 +233,7 @@ def _output(path: str | None) -> Iterator[IO[str]]:
         yield f
 
 
-async def audit_export(settings: Settings, out: str | None) -> int:
+async def audit_export(settings: StoreSettings, out: str | None) -> int:
     from runinfra_webhooks.service.core.audit import entry_as_json
 
     count = 0
@@ -248,7 +262,7 @@ def _from_export_line(line: str) -> tuple[str, dict[bytes, bytes]]:
     return stream_id, fields
 
 
-async def audit_verify(settings: Settings, file: str | None, anchor: str | None) -> int:
+async def audit_verify(settings: ReceiverSettings, file: str | None, anchor: str | None) -> int:
     head: tuple[int, str] | None = None  # an exported file carries no head to check against
     if file is not None:
         with open(file, encoding="utf-8") as f:

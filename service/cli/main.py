@@ -13,7 +13,14 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from runinfra_webhooks.service.settings import ConfigError, Settings, load_settings
+from runinfra_webhooks.handlers.registry import HandlerLoadError, Registry, load_registry
+from runinfra_webhooks.service.settings import (
+    ConfigError,
+    ReceiverSettings,
+    StoreSettings,
+    WorkerSettings,
+    load_settings,
+)
 
 __all__ = ["main"]
 
@@ -21,13 +28,6 @@ EVENT_TYPES = (
     "deployment.created", "deployment.ready", "deployment.updated", "deployment.failed", "deployment.deleted",
     "transcription.completed",
 )
-
-
-def _settings(*, need_secret: bool) -> Settings:
-    if need_secret or os.environ.get("RUNINFRA_WEBHOOK_SECRET"):
-        return load_settings()
-    # Operations on stored state (events, deployments, replay...) need Redis, not the webhook secret.
-    return load_settings(RUNINFRA_WEBHOOK_SECRET="not-needed-for-this-command")  # noqa: S106 - a placeholder, never used to verify
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("event_id", nargs="?", metavar="ID")
     which.add_argument("--all-dead-lettered", action="store_true")
 
+    handlers = sub.add_parser("handlers", help="every registered handler by type, with where it came from")
+    handlers.add_argument("--json", action="store_true")
+
     audit = sub.add_parser("audit", help="the tamper-evident audit log")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True, metavar="SUBCOMMAND")
     audit_export = audit_sub.add_parser("export", help="write the log out as JSON lines")
@@ -100,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         code = _dispatch(args)
-    except ConfigError as exc:
+    except (ConfigError, HandlerLoadError) as exc:
         print(f"runinfra-webhooks: {exc}", file=sys.stderr)
         code = 2
     except KeyboardInterrupt:
@@ -108,9 +111,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     sys.exit(code)
 
 
+def _registry(settings: StoreSettings) -> Registry:
+    return load_registry(builtin=settings.builtin_reactions, modules=settings.handler_modules)
+
+
 def _dispatch(args: argparse.Namespace) -> int:
-    from runinfra_webhooks.service.cli import commands as cli_ops
-    from runinfra_webhooks.service.devtools import dev  # imported late: keeps `--help` and bad usage fast
+    # Imported late: keeps `--help` and bad usage fast.
+    from runinfra_webhooks.service.cli import commands
+    from runinfra_webhooks.service.devtools import dev
 
     if args.command == "gateway-stub":
         from runinfra_webhooks.service.devtools.gateway_stub import run_stub
@@ -121,23 +129,29 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "dev":
         return dev.run_dev(port=args.port, stub_port=args.stub_port, redis_url=args.redis_url)
     if args.command == "serve":
-        return cli_ops.serve(_settings(need_secret=True), args.host, args.port)
+        receiver = load_settings(ReceiverSettings)
+        return commands.serve(receiver, _registry(receiver), args.host, args.port)
     if args.command == "worker":
-        return cli_ops.worker(_settings(need_secret=False), burst=args.burst)
+        worker = load_settings(WorkerSettings)
+        return commands.worker(worker, _registry(worker), burst=args.burst)
     if args.command == "send":
-        return cli_ops.send(_settings(need_secret=True), args.type, url=args.url, data=args.data, event_id=args.id)
+        return commands.send(load_settings(ReceiverSettings), args.type, url=args.url, data=args.data,
+                             event_id=args.id)
+    if args.command == "handlers":
+        return commands.list_handlers(_registry(load_settings(StoreSettings)), as_json=args.json)
+    if args.command == "audit" and args.audit_command == "verify":
+        return asyncio.run(commands.audit_verify(load_settings(ReceiverSettings), args.file, args.anchor))
 
-    need_secret = args.command == "audit" and args.audit_command == "verify"
-    settings = _settings(need_secret=need_secret)
+    # The rest only read or change stored state: Redis, no secret.
+    store = load_settings(StoreSettings)
     table: dict[tuple[str, str | None], Callable[[], Any]] = {
-        ("events", "show"): lambda: cli_ops.events_show(settings, args.event_id),
-        ("deployments", None): lambda: cli_ops.deployments(settings, as_json=args.json),
-        ("corpus", "load"): lambda: cli_ops.corpus_load(settings, args.file, args.collection, args.model),
-        ("corpus", "export"): lambda: cli_ops.corpus_export(settings, args.collection),
-        ("dead-letter", "list"): lambda: cli_ops.dead_letter_list(settings, as_json=args.json),
-        ("replay", None): lambda: cli_ops.replay(settings, args.event_id, all_dead=args.all_dead_lettered),
-        ("audit", "export"): lambda: cli_ops.audit_export(settings, args.out),
-        ("audit", "verify"): lambda: cli_ops.audit_verify(settings, args.file, args.anchor),
+        ("events", "show"): lambda: commands.events_show(store, args.event_id),
+        ("deployments", None): lambda: commands.deployments(store, as_json=args.json),
+        ("corpus", "load"): lambda: commands.corpus_load(store, args.file, args.collection, args.model),
+        ("corpus", "export"): lambda: commands.corpus_export(store, args.collection),
+        ("dead-letter", "list"): lambda: commands.dead_letter_list(store, as_json=args.json),
+        ("replay", None): lambda: commands.replay(store, args.event_id, all_dead=args.all_dead_lettered),
+        ("audit", "export"): lambda: commands.audit_export(store, args.out),
     }
     sub_attr = {"events": "events_command", "corpus": "corpus_command", "dead-letter": "dead_command",
                 "audit": "audit_command"}.get(args.command)

@@ -27,7 +27,7 @@ import structlog
 from runinfra_webhooks.service.gateway.backoff import backoff_delay, parse_retry_after
 
 if TYPE_CHECKING:
-    from runinfra_webhooks.service.settings import Settings
+    from runinfra_webhooks.service.settings import WorkerSettings
 
 __all__ = [
     "GatewayClient",
@@ -177,8 +177,8 @@ class GatewayClient:
         )
 
     @classmethod
-    def from_settings(cls, settings: Settings, **overrides: Any) -> GatewayClient:
-        """Build from ``Settings``; raises ``GatewayPermanentError(code="api_key_missing")`` without a key.
+    def from_settings(cls, settings: WorkerSettings, **overrides: Any) -> GatewayClient:
+        """Build from ``WorkerSettings``; raises ``GatewayPermanentError(code="api_key_missing")`` without a key.
 
         ``overrides`` are passed to the constructor (``transport``, ``sleep``, ``on_call``, ...).
         """

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio import Redis
+from runinfra_webhooks.handlers.registry import Registry, load_registry
 from runinfra_webhooks.service.receiver.metrics import ReceiverMetrics
 from runinfra_webhooks.service.receiver.problems import (
     MethodNotAllowed,
@@ -18,7 +19,7 @@ from runinfra_webhooks.service.receiver.problems import (
 )
 from runinfra_webhooks.service.receiver.request_id import RequestIdMiddleware, request_id_of
 from runinfra_webhooks.service.receiver.webhook import Receiver
-from runinfra_webhooks.service.settings import Settings
+from runinfra_webhooks.service.settings import ReceiverSettings
 from runinfra_webhooks.service.storage.connection import STORAGE_ERRORS, connect, persistence
 from runinfra_webhooks.service.storage.ingest import Ingestor
 from starlette.applications import Starlette
@@ -33,8 +34,15 @@ __all__ = ["create_app"]
 log = structlog.get_logger("service.app")
 
 
-def create_app(settings: Settings, *, redis: Redis | None = None) -> Starlette:
-    """Build the receiver. ``redis`` may be passed in (tests); otherwise it comes from REDIS_URL."""
+def create_app(settings: ReceiverSettings, *, redis: Redis | None = None, registry: Registry | None = None
+               ) -> Starlette:
+    """Build the receiver. ``redis`` may be passed in (tests); otherwise it comes from REDIS_URL.
+
+    ``registry`` says which types outside the catalogue are queued; by default it is loaded from the settings
+    (raises HandlerLoadError when a handler module does not load).
+    """
+    if registry is None:
+        registry = load_registry(builtin=settings.builtin_reactions, modules=settings.handler_modules)
     client = redis if redis is not None else connect(settings.redis_url)
     metrics = ReceiverMetrics()
     receiver = Receiver(
@@ -48,6 +56,7 @@ def create_app(settings: Settings, *, redis: Redis | None = None) -> Starlette:
         ),
         metrics=metrics,
         secrets=settings.secret_values(),
+        extra_types=registry.queued_types(),
     )
 
     @contextlib.asynccontextmanager

@@ -9,11 +9,12 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from runinfra_webhooks.service.core import signature
 from runinfra_webhooks.service.core.events import (
     CATALOGUE,
@@ -27,7 +28,7 @@ from runinfra_webhooks.service.receiver.body import read_limited_body
 from runinfra_webhooks.service.receiver.metrics import ReceiverMetrics
 from runinfra_webhooks.service.receiver.problems import InvalidEvent, InvalidJSONBody, SignatureRejected, Unavailable
 from runinfra_webhooks.service.receiver.request_id import request_id_of
-from runinfra_webhooks.service.settings import Settings
+from runinfra_webhooks.service.settings import ReceiverSettings
 from runinfra_webhooks.service.storage.connection import STORAGE_ERRORS
 from runinfra_webhooks.service.storage.ingest import Delivery, Ingestor, IngestOutcome
 from starlette.requests import Request
@@ -67,12 +68,23 @@ def _envelope_detail(exc: ValidationError) -> str:
     return f"{where}: {first['msg']}"
 
 
+def _fits(models: tuple[type[BaseModel], ...], data: dict[str, Any]) -> bool:
+    for model in models:
+        try:
+            model.model_validate(data)
+        except ValidationError:
+            return False
+    return True
+
+
 @dataclass
 class Receiver:
-    settings: Settings
+    settings: ReceiverSettings
     ingestor: Ingestor
     metrics: ReceiverMetrics
     secrets: tuple[bytes, ...]
+    # Types outside the catalogue that some handler takes, with the models their data must fit.
+    extra_types: Mapping[str, tuple[type[BaseModel], ...]] = field(default_factory=dict)
 
     async def endpoint(self, request: Request) -> Response:
         started = time.perf_counter()
@@ -124,10 +136,13 @@ class Receiver:
             except ValidationError as exc:
                 await self._ingest(delivery(IngestOutcome.INVALID_EVENT))
                 raise InvalidEvent(_envelope_detail(exc)) from None
-            if envelope.type not in CATALOGUE:
-                wanted = IngestOutcome.IGNORED
+            if envelope.type in CATALOGUE or envelope.type not in self.extra_types:
+                wanted = IngestOutcome.IGNORED if envelope.type not in CATALOGUE else IngestOutcome.DEAD_LETTERED
+            elif _fits(self.extra_types[envelope.type], envelope.data):
+                wanted = IngestOutcome.QUEUED  # a type outside the catalogue that a team's own handler takes
             else:
-                wanted, reason = IngestOutcome.DEAD_LETTERED, "invalid_payload"
+                wanted = IngestOutcome.DEAD_LETTERED
+            reason = "invalid_payload" if wanted is IngestOutcome.DEAD_LETTERED else ""
 
         outcome = await self._ingest(delivery(wanted, envelope.id, envelope.type, envelope.created, reason))
         self.metrics.delivered(outcome.value)

@@ -58,13 +58,22 @@ redis.call('HSET', KEYS[1], 'gateway_request_ids', cjson.encode(ids))
 return #ids
 """
 
+# One handler of several finished within this generation: a later attempt skips it.
+_HANDLER_DONE = """
+if redis.call('HGET', KEYS[1], 'generation') ~= ARGV[1] then return 0 end
+local done = cjson.decode(redis.call('HGET', KEYS[1], 'handlers_done') or '[]')
+table.insert(done, ARGV[2])
+redis.call('HSET', KEYS[1], 'handlers_done', cjson.encode(done))
+return 1
+"""
+
 # KEYS: event, inflight, dead, arq queue, arq job prefix. ARGV: event id, now, job expiry ms, job text before
 # and after the generation
 _REPLAY = """
 if redis.call('HGET', KEYS[1], 'state') ~= 'dead_lettered' then return 0 end
 local gen = redis.call('HINCRBY', KEYS[1], 'generation', 1)
 redis.call('HSET', KEYS[1], 'state', 'queued', 'attempts', 0, 'updated_ms', ARGV[2], 'last_error', '',
-  'reason', '', 'gateway_request_ids', '[]')
+  'reason', '', 'gateway_request_ids', '[]', 'handlers_done', '[]')
 redis.call('PERSIST', KEYS[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
@@ -115,6 +124,7 @@ class EventRecord:
     reason: str
     body: bytes = field(repr=False)
     gateway_request_ids: tuple[str, ...] = ()
+    handlers_done: tuple[str, ...] = ()  # handlers that finished in an earlier attempt of this generation
 
     @classmethod
     def from_hash(cls, raw: dict[bytes, bytes]) -> EventRecord:
@@ -126,6 +136,7 @@ class EventRecord:
             secret_index=int(_s(raw, "secret_index", "0")), last_error=_s(raw, "last_error"),
             reason=_s(raw, "reason"), body=raw.get(b"body", b""),
             gateway_request_ids=tuple(json.loads(_s(raw, "gateway_request_ids", "[]"))),
+            handlers_done=tuple(json.loads(_s(raw, "handlers_done", "[]"))),
         )
 
     def as_json(self) -> dict[str, Any]:
@@ -134,7 +145,7 @@ class EventRecord:
             "attempts": self.attempts, "generation": self.generation, "last_error": self.last_error or None,
             "reason": self.reason or None, "gateway_request_ids": list(self.gateway_request_ids),
             "received_ms": self.received_ms, "updated_ms": self.updated_ms, "request_id": self.request_id,
-            "secret_index": self.secret_index,
+            "secret_index": self.secret_index, "handlers_done": list(self.handlers_done),
         }
 
 
@@ -151,6 +162,7 @@ class Records:
         self._finish = self.scripts.script(_FINISH)
         self._add_request_id = self.scripts.script(_ADD_REQUEST_ID)
         self._replay = self.scripts.script(_REPLAY)
+        self._handler_done = self.scripts.script(_HANDLER_DONE)
         self._requeue = self.scripts.script(_REQUEUE)
 
     async def get(self, event_id: str) -> EventRecord | None:
@@ -193,6 +205,9 @@ class Records:
 
     async def add_request_id(self, event_id: str, request_id: str) -> None:
         await self._add_request_id(keys=[keys.event(event_id)], args=[request_id])
+
+    async def handler_done(self, event_id: str, generation: int, name: str) -> None:
+        await self._handler_done(keys=[keys.event(event_id)], args=[generation, name])
 
     async def replay(self, event_id: str, now_ms: int) -> int:
         """Re-queue a dead-lettered event under a new key generation; returns the generation."""
