@@ -9,8 +9,6 @@ import sys
 from typing import Any
 
 import pytest
-from starlette.datastructures import Headers
-
 import runinfra_webhooks
 from runinfra_webhooks import (
     DeploymentReady,
@@ -22,6 +20,8 @@ from runinfra_webhooks import (
     WebhookVerificationError,
     sign,
 )
+from starlette.datastructures import Headers
+
 from tests.builders import example_event
 from tests.test_signature import CASES, NOW, OTHER, SECRET
 
