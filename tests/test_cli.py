@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from runinfra_webhooks.service.devtools.session import DevSession, find_running_dev, write_session
 
 from tests.builders import SECRET
 from tests.processes import stack_env, wait_until
@@ -91,37 +95,99 @@ def test_send_with_the_wrong_secret_is_rejected_and_exits_1(env: dict[str, str],
     assert json.loads(out.stdout)["response"]["code"] == "signature_mismatch"
 
 
-def test_dev_runs_the_whole_loop_on_one_machine(tmp_path: Path) -> None:
-    """`dev` starts Redis, emulator, worker and receiver; a `send` ends as a spoken follow-up; Ctrl-C stops all."""
-    port, stub_port = free_port(), free_port()
+def _plain_env(tmp_path: Path) -> dict[str, str]:
+    """A newcomer's shell: no RUNINFRA_* and no REDIS_URL exported."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RUNINFRA_") and k != "REDIS_URL"}
     env["RUNINFRA_ARTIFACTS_DIR"] = str(tmp_path / "artifacts")
+    return env
+
+
+@contextlib.contextmanager
+def _dev(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], dict[str, Any], Path]]:
+    """`dev` started in tmp_path, once it has written its session file: (process, session, log)."""
+    port, stub_port = free_port(), free_port()
     log = tmp_path / "dev.log"
+    session_file = tmp_path / ".runinfra-dev" / "dev.json"
     with log.open("w") as out:
         dev = subprocess.Popen([sys.executable, "-m", "runinfra_webhooks", "dev", "--port", str(port), "--stub-port",
-                                str(stub_port)], env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
+                                str(stub_port)], env=_plain_env(tmp_path), cwd=tmp_path, stdout=out,
+                               stderr=subprocess.STDOUT)
     try:
-        wait_until(lambda: "send a first event" in log.read_text() or dev.poll() is not None, timeout=60,
-                   what="dev to start")
-        hint = log.read_text()
-        assert dev.poll() is None, hint
-        redis_url = hint.split("REDIS_URL=")[1].split()[0]
-        send_env = dict(env, RUNINFRA_WEBHOOK_SECRET="whsec_dev_local_only", REDIS_URL=redis_url)
-        sent = cli(send_env, "send", "transcription.completed", "--url", f"http://127.0.0.1:{port}/webhooks/runinfra")
+        wait_until(lambda: session_file.exists() or dev.poll() is not None, timeout=60, what="dev to start")
+        assert dev.poll() is None, log.read_text()
+        yield dev, json.loads(session_file.read_text()), log
+    finally:
+        if dev.poll() is None:
+            dev.send_signal(signal.SIGINT)
+            dev.wait(60)
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_dev_runs_the_whole_loop_and_a_second_terminal_needs_nothing_exported(tmp_path: Path) -> None:
+    """Beside a running `dev`, `send`, `events show` and `audit verify` work in its directory with nothing set."""
+    with _dev(tmp_path) as (dev, session, log):
+        second = _plain_env(tmp_path)
+
+        def run(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([sys.executable, "-m", "runinfra_webhooks", *args], env=second, cwd=tmp_path,
+                                  capture_output=True, text=True, timeout=60, check=False)
+
+        sent = run("send", "transcription.completed")
+        assert sent.returncode == 0, sent.stderr
         event_id = json.loads(sent.stdout)["event_id"]
 
         def succeeded() -> bool:
-            shown = cli(send_env, "events", "show", event_id)
+            shown = run("events", "show", event_id)
             return shown.returncode == 0 and json.loads(shown.stdout)["state"] == "succeeded"
 
         wait_until(succeeded, timeout=60, what="the dev stack to process the event", interval=0.3)
         assert (tmp_path / "artifacts" / "audio" / f"{event_id}.wav").exists()
-        charges = httpx.get(f"http://127.0.0.1:{stub_port}/_stub/charges").json()
+        verified = run("audit", "verify")
+        assert verified.returncode == 0, verified.stderr
+        assert "audit log ok" in verified.stderr
+        charges = httpx.get(session["gateway_url"].removesuffix("/v1") + "/_stub/charges").json()
         assert charges["total"] == 1
-    finally:
         dev.send_signal(signal.SIGINT)
         dev.wait(60)
-    assert dev.returncode in (0, 130)
+        assert dev.returncode in (0, 130)
     with pytest.raises(httpx.ConnectError):
-        httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+        httpx.get(session["receiver_url"].removesuffix("/webhooks/runinfra") + "/healthz", timeout=2)
     assert SECRET not in log.read_text()
+    # Away from that directory, or once dev has stopped, nothing is found: the plain default applies.
+    assert not (tmp_path / ".runinfra-dev" / "dev.json").exists()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_dev_stops_everything_it_started_on_a_signal(tmp_path: Path, signum: signal.Signals) -> None:
+    """SIGINT, SIGTERM or SIGHUP to `dev` ends its Redis, emulator, worker and receiver, and frees its ports."""
+    with _dev(tmp_path) as (dev, session, _):
+        children = session["children"]
+        assert set(children) == {"redis", "gateway-stub", "worker", "receiver"}
+        dev.send_signal(signum)
+        dev.wait(60)
+    wait_until(lambda: all(_gone(pid) for pid in children.values()), timeout=10, what="dev's children to exit")
+    assert dev.returncode == 0
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(session["receiver_url"], timeout=2)
+
+
+def test_a_stale_dev_session_file_is_ignored(tmp_path: Path) -> None:
+    """A session file whose dev is gone supplies nothing; a live one supplies only what is not exported."""
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True)
+    session = DevSession(pid=int(finished.stdout), redis_url="redis://127.0.0.1:1/0", receiver_url="http://x",
+                         gateway_url="http://y", webhook_secret="whsec_dev")
+    (tmp_path / ".runinfra-dev").mkdir()
+    write_session(session, tmp_path / ".runinfra-dev")
+    assert find_running_dev(tmp_path) is None
+    write_session(DevSession(**{**session.__dict__, "pid": os.getpid()}), tmp_path / ".runinfra-dev")
+    live = find_running_dev(tmp_path)
+    assert live is not None and live.pid == os.getpid()
+    assert (tmp_path / ".runinfra-dev" / "dev.json").stat().st_mode & 0o077 == 0

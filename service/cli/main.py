@@ -24,6 +24,7 @@ from runinfra_webhooks.service.settings import (
 
 __all__ = ["main"]
 
+DEFAULT_SEND_URL = "http://127.0.0.1:8000/webhooks/runinfra"
 EVENT_TYPES = (
     "deployment.created", "deployment.ready", "deployment.updated", "deployment.failed", "deployment.deleted",
     "transcription.completed",
@@ -54,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     send = sub.add_parser("send", help="sign an example event of TYPE with the configured secret and POST it")
     send.add_argument("type", choices=EVENT_TYPES, metavar="TYPE")
-    send.add_argument("--url", default="http://127.0.0.1:8000/webhooks/runinfra")
+    send.add_argument("--url", default=None,
+                      help=f"receiver URL (default: the running dev's, else {DEFAULT_SEND_URL})")
     send.add_argument("--data", default=None, help="JSON object merged into the example's data")
     send.add_argument("--id", default=None, help="event id (default: a new unique one)")
 
@@ -111,6 +113,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     sys.exit(code)
 
 
+def _dev_defaults() -> tuple[dict[str, str], str | None]:
+    """What a running ``dev`` in this directory supplies: missing settings, and its receiver URL."""
+    from runinfra_webhooks.service.devtools.session import find_running_dev
+
+    session = find_running_dev()
+    if session is None:
+        return {}, None
+    found = session.defaults()
+    if found:
+        print(f"runinfra-webhooks: using the running dev (pid {session.pid}) for {', '.join(sorted(found))}",
+              file=sys.stderr)
+    return found, session.receiver_url
+
+
 def _registry(settings: StoreSettings) -> Registry:
     return load_registry(builtin=settings.builtin_reactions, modules=settings.handler_modules)
 
@@ -134,16 +150,20 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "worker":
         worker = load_settings(WorkerSettings)
         return commands.worker(worker, _registry(worker), burst=args.burst)
-    if args.command == "send":
-        return commands.send(load_settings(ReceiverSettings), args.type, url=args.url, data=args.data,
-                             event_id=args.id)
     if args.command == "handlers":
         return commands.list_handlers(_registry(load_settings(StoreSettings)), as_json=args.json)
+
+    # A second terminal beside `dev` needs nothing exported: the running dev supplies what is missing.
+    dev_settings, dev_url = _dev_defaults()
+    if args.command == "send":
+        return commands.send(load_settings(ReceiverSettings, **dev_settings), args.type,
+                             url=args.url or dev_url or DEFAULT_SEND_URL, data=args.data, event_id=args.id)
     if args.command == "audit" and args.audit_command == "verify":
-        return asyncio.run(commands.audit_verify(load_settings(ReceiverSettings), args.file, args.anchor))
+        verify = load_settings(ReceiverSettings, **dev_settings)
+        return asyncio.run(commands.audit_verify(verify, args.file, args.anchor))
 
     # The rest only read or change stored state: Redis, no secret.
-    store = load_settings(StoreSettings)
+    store = load_settings(StoreSettings, **{k: v for k, v in dev_settings.items() if k == "REDIS_URL"})
     table: dict[tuple[str, str | None], Callable[[], Any]] = {
         ("events", "show"): lambda: commands.events_show(store, args.event_id),
         ("deployments", None): lambda: commands.deployments(store, as_json=args.json),

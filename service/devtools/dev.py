@@ -1,8 +1,9 @@
 """``runinfra-webhooks dev``: a redis-server with AOF, the gateway emulator, a worker and the receiver.
 
 Everything runs as child processes of this one command (the same console script the real deployment
-runs), on loopback, with a throw-away secret and API key unless the environment sets its own. Ctrl-C stops
-all of them.
+runs), on loopback, with a throw-away secret and API key unless the environment sets its own. SIGINT (Ctrl-C),
+SIGTERM or SIGHUP (the terminal closing) stops all of them. While it runs, ``.runinfra-dev/dev.json`` tells
+commands started in the same directory where its Redis is (see ``session.py``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import FrameType
+
+from runinfra_webhooks.service.devtools.session import DevSession, remove_session, write_session
 
 __all__ = ["run_dev"]
 
@@ -43,10 +47,21 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], name: str, timeout: flo
     raise RuntimeError(msg)
 
 
+class _Stop(Exception):
+    """SIGTERM or SIGHUP: stop like Ctrl-C does."""
+
+
+def _stop(signum: int, frame: FrameType | None) -> None:
+    raise _Stop(signal.Signals(signum).name)
+
+
 def run_dev(*, port: int, stub_port: int, redis_url: str | None, workdir: Path = Path(".runinfra-dev")) -> int:
     procs: list[tuple[str, subprocess.Popen[bytes]]] = []
     me = [sys.executable, "-m", "runinfra_webhooks"]
     env = dict(os.environ)
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _stop)
+    workdir.mkdir(parents=True, exist_ok=True)
     try:
         if redis_url is None:
             redis_bin = shutil.which("redis-server")
@@ -81,19 +96,27 @@ def run_dev(*, port: int, stub_port: int, redis_url: str | None, workdir: Path =
         _wait_port(port, receiver, "receiver")
 
         url = f"http://127.0.0.1:{port}/webhooks/runinfra"
-        secret_note = "" if os.environ.get("RUNINFRA_WEBHOOK_SECRET") else f"RUNINFRA_WEBHOOK_SECRET={DEV_SECRET} "
+        own_secret = not os.environ.get("RUNINFRA_WEBHOOK_SECRET")
+        write_session(DevSession(
+            pid=os.getpid(), redis_url=redis_url, receiver_url=url, gateway_url=f"http://127.0.0.1:{stub_port}/v1",
+            webhook_secret=DEV_SECRET if own_secret else None, children={name: p.pid for name, p in procs},
+        ), workdir)
         print(f"runinfra-webhooks dev: receiver {url}, gateway emulator http://127.0.0.1:{stub_port}/v1, "
               f"Redis {redis_url}", file=sys.stderr)
-        print(f"send a first event:  {secret_note}REDIS_URL={redis_url} runinfra-webhooks send "
-              f"transcription.completed --url {url}", file=sys.stderr, flush=True)
+        print("send a first event from another terminal in this directory (it finds this dev by "
+              f"{workdir / 'dev.json'}):  runinfra-webhooks send transcription.completed", file=sys.stderr,
+              flush=True)
         while all(p.poll() is None for _, p in procs):
             time.sleep(0.5)
         dead = [name for name, p in procs if p.poll() is not None]
         print(f"runinfra-webhooks dev: {', '.join(dead)} exited; stopping", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, _Stop):
         return 0
     finally:
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_IGN)  # a second signal must not cut the clean-up short
+        remove_session(workdir, os.getpid())
         # Children run in their own sessions, so Ctrl-C reaches only us and they stop in order:
         # receiver and worker first, Redis last (a worker finishing a job still needs it).
         for _, p in reversed(procs):
