@@ -17,6 +17,6 @@ class PermanentError(Exception):
 class TransientError(Exception):
     """Worth another attempt later; ``retry_after`` (seconds) overrides the backoff when given."""
 
-    def __init__(self, detail: str, *, retry_after: float | None = None) -> None:
+    def __init__(self, detail: str = "", *, retry_after: float | None = None) -> None:
         super().__init__(detail)
         self.retry_after = retry_after

@@ -86,7 +86,7 @@ def _check_shape(func: Any, where: str) -> None:
         raise HandlerLoadError(msg)
 
 
-def handler(event_type: str, *, model: type[BaseModel] | None = None) -> Callable[[F], F]:
+def handler(event_type: str, model: type[BaseModel] | None = None) -> Callable[[F], F]:
     """Declare ``async def f(event, ctx)`` as a reaction to ``event_type``.
 
     ``model`` (a pydantic model of ``data``) is for a type outside the catalogue: the receiver then queues
