@@ -30,15 +30,14 @@ from runinfra_webhooks.service.core.signature import Outcome, sign, verify
 from runinfra_webhooks.service.receiver.app import create_app
 from runinfra_webhooks.service.storage import keys
 
-from tests.builders import OLD_SECRET, SECRET, example_event, signed_delivery
+from tests.builders import OLD_SECRET, SECRET, example_event, post_delivery, signed_delivery
 from tests.conftest import LeakWatch, make_settings
-from tests.processes import STUB_KEY, receiver_process, stack_env, wait_until, worker_process
+from tests.processes import receiver_process, stack_env, wait_until, worker_process
 from tests.redis_server import RedisServer, free_port
 from tests.servers import serve_in_thread
-from tests.stubserver import StubServer, start_gateway_stub
+from tests.stubserver import STUB_API_KEY, StubServer
 
 ROOT = Path(__file__).resolve().parent.parent
-PATH = "/webhooks/runinfra"
 NOW = 1_764_086_400
 SECRETS = (SECRET.encode(), OLD_SECRET.encode())
 V1 = re.compile(r"v1=([^,]*)")
@@ -49,7 +48,7 @@ V1 = re.compile(r"v1=([^,]*)")
 class Needles:
     """The secrets, the gateway key, and every signature the server computed or received."""
 
-    strings: set[str] = field(default_factory=lambda: {SECRET, OLD_SECRET, STUB_KEY})
+    strings: set[str] = field(default_factory=lambda: {SECRET, OLD_SECRET, STUB_API_KEY})
 
     def add_delivery(self, body: bytes, header: str | None) -> None:
         """Every v1 the receiver computes for this delivery (one per configured secret), and every v1 sent."""
@@ -74,7 +73,7 @@ class Sender:
 
     def post(self, body: bytes, headers: dict[str, str]) -> httpx.Response:
         self.needles.add_delivery(body, headers.get("runinfra-signature"))
-        resp = httpx.post(self.url + PATH, content=body, headers=headers, timeout=30)
+        resp = post_delivery(self.url, body, headers)
         self.answers.append(resp)
         return resp
 
@@ -137,12 +136,6 @@ def assert_answers_leak_nothing(answers: list[httpx.Response], needles: Needles)
             assert resp.headers["content-type"] == "application/problem+json"
 
 
-@pytest.fixture(scope="module")
-def stub() -> Iterator[StubServer]:
-    with start_gateway_stub() as server:
-        yield server
-
-
 def test_real_processes_log_no_secret_key_or_signature(
     redis_url: str, stub: StubServer, tmp_path: Path
 ) -> None:
@@ -151,7 +144,6 @@ def test_real_processes_log_no_secret_key_or_signature(
     Their complete output (and every answer body) must not contain either webhook secret, the gateway API
     key, or any v1 signature the receiver computed or was sent.
     """
-    stub.reset()
     env = stack_env(redis_url, stub.base_url, tmp_path / "artifacts", RUNINFRA_LOG_LEVEL="debug",
                     RUNINFRA_CHAT_MODEL="llama-3.1-8b", RUNINFRA_MAX_ATTEMPTS="2")
     needles = Needles()
@@ -206,7 +198,7 @@ def test_the_suite_wide_leak_watch_catches_what_it_should(leak_watch: LeakWatch,
     body = b'{"id":"evt_watch"}'
     header = sign(body, SECRET, NOW)
     structlog.get_logger("test").info("oops", header=header)
-    (tmp_path / "proc.log").write_text(f"starting with key {STUB_KEY}\n")
+    (tmp_path / "proc.log").write_text(f"starting with key {STUB_API_KEY}\n")
     leak_watch.scan_files(tmp_path)
     import logging
 
@@ -299,7 +291,7 @@ def test_the_live_receiver_compares_in_constant_time(
     for v1s, status in [([forged, forged, forged], 401), ([forged, good[1], forged], 202)]:
         compare_calls.clear()
         header = f"t={t}," + ",".join(f"v1={v.decode()}" for v in v1s)
-        resp = httpx.post(receiver_url + PATH, content=body, headers={"runinfra-signature": header}, timeout=10)
+        resp = post_delivery(receiver_url, body, {"runinfra-signature": header}, timeout=10)
         assert resp.status_code == status, resp.text
         assert sorted(compare_calls) == sorted(product(v1s, good))
 

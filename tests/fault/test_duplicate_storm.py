@@ -8,7 +8,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-import redis as sync_redis
 from runinfra_webhooks.service.storage import keys
 
 from tests.builders import signed_delivery
@@ -23,12 +22,13 @@ from tests.fault.harness import (
     wait_final,
     workers,
 )
+from tests.redis_server import Db
 from tests.stubserver import StubServer
 
 pytestmark = pytest.mark.fault
 
 
-def test_duplicate_storm(receiver: str, env: dict[str, str], stub: StubServer, db: sync_redis.Redis,
+def test_duplicate_storm(receiver: str, env: dict[str, str], stub: StubServer, db: Db,
                          tmp_path: Path) -> None:
     distinct, copies = scaled(100), 10
     events = [transcription(i, "storm") for i in range(distinct)]

@@ -16,7 +16,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-import redis as sync_redis
 
 from tests.fault.harness import (
     charges,
@@ -29,7 +28,7 @@ from tests.fault.harness import (
     workers,
 )
 from tests.processes import stack_env
-from tests.redis_server import RedisServer
+from tests.redis_server import Db, RedisServer
 from tests.stubserver import StubServer
 
 pytestmark = pytest.mark.fault
@@ -38,7 +37,7 @@ RATES = {"500": 0.06, "502": 0.04, "503": 0.05, "429": 0.09, "timeout": 0.06}  #
 
 
 def test_gateway_storm_ends_succeeded_with_one_charge_per_call(
-    receiver: str, stub: StubServer, redis_aof: RedisServer, db: sync_redis.Redis, tmp_path: Path
+    receiver: str, stub: StubServer, redis_aof: RedisServer, db: Db, tmp_path: Path
 ) -> None:
     n = scaled(200)
     events = [transcription(i, "gateway-storm") for i in range(n)]

@@ -13,7 +13,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-import redis as sync_redis
 from runinfra_webhooks.service.storage import keys
 
 from tests.fault.harness import (
@@ -27,7 +26,7 @@ from tests.fault.harness import (
     wait_final,
 )
 from tests.processes import Proc, stack_env, wait_until
-from tests.redis_server import RedisServer
+from tests.redis_server import Db, RedisServer
 from tests.stubserver import StubServer
 
 pytestmark = pytest.mark.fault
@@ -36,7 +35,7 @@ MAX_ATTEMPTS = 5
 
 
 def test_poison_event_is_dead_lettered_without_delaying_the_rest(
-    receiver: str, stub: StubServer, redis_aof: RedisServer, db: sync_redis.Redis, tmp_path: Path
+    receiver: str, stub: StubServer, redis_aof: RedisServer, db: Db, tmp_path: Path
 ) -> None:
     stub.set_faults(route="/v1/audio/speech", rates={"503": 1.0}, retry_after=1)
     # Each attempt: a 503, 1 s (Retry-After), a 503, then the job is deferred 1 s: about 2 s per attempt.

@@ -14,7 +14,6 @@ from typing import Any
 
 import httpx
 import pytest
-import redis as sync_redis
 from runinfra_webhooks.service.storage import keys
 
 from tests.fault.harness import (
@@ -32,7 +31,7 @@ from tests.fault.harness import (
     workers,
 )
 from tests.processes import wait_until
-from tests.redis_server import RedisServer
+from tests.redis_server import Db, RedisServer
 from tests.stubserver import StubServer
 
 pytestmark = pytest.mark.fault
@@ -46,7 +45,7 @@ def status(url: str) -> int:
 
 
 def test_redis_sigkill_under_load_loses_nothing(receiver: str, env: dict[str, str], stub: StubServer,
-                                                 redis_aof: RedisServer, db: sync_redis.Redis,
+                                                 redis_aof: RedisServer, db: Db,
                                                  tmp_path: Path) -> None:
     n = scaled(400)
     events = [transcription(i, "redis-kill") for i in range(n)]

@@ -17,12 +17,11 @@ import time
 from pathlib import Path
 
 import pytest
-import redis as sync_redis
 from runinfra_webhooks.service.storage import keys
 
 from tests.fault.harness import deliver_all, now_ms, records, report, settled_charges, transcription, wait_final
 from tests.processes import Proc, wait_until
-from tests.redis_server import RedisServer
+from tests.redis_server import Db, RedisServer
 from tests.stubserver import StubServer
 
 pytestmark = pytest.mark.fault
@@ -35,7 +34,7 @@ def job_key(event_id: str) -> str:
 
 
 def test_vanished_and_expired_jobs_are_recovered_by_the_sweep(
-    receiver: str, env: dict[str, str], stub: StubServer, redis_aof: RedisServer, db: sync_redis.Redis,
+    receiver: str, env: dict[str, str], stub: StubServer, redis_aof: RedisServer, db: Db,
     tmp_path: Path
 ) -> None:
     per_kind = 5

@@ -13,7 +13,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-import redis as sync_redis
 from runinfra_webhooks.service.storage import keys
 
 from tests.fault.harness import (
@@ -28,7 +27,7 @@ from tests.fault.harness import (
     wait_final,
 )
 from tests.processes import Proc, stack_env
-from tests.redis_server import RedisServer
+from tests.redis_server import Db, RedisServer
 from tests.stubserver import start_gateway_stub
 
 pytestmark = pytest.mark.fault
@@ -38,7 +37,7 @@ MAX_KILLS = scaled(8)
 
 
 def test_repeated_worker_sigkills_lose_nothing_and_charge_once(
-    receiver: str, redis_aof: RedisServer, db: sync_redis.Redis, tmp_path: Path
+    receiver: str, redis_aof: RedisServer, db: Db, tmp_path: Path
 ) -> None:
     n = scaled(500)
     events = [transcription(i, "worker-kill") for i in range(n)]
