@@ -109,7 +109,7 @@ def leak_watch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LeakWatch]:
         watch.scan(repr(event_dict), f"structlog {event_dict.get('event')!r}")
         return event_dict
 
-    signature._hex_hmac = recording_hex_hmac  # type: ignore[assignment]
+    signature._hex_hmac = recording_hex_hmac
     processors = structlog.get_config()["processors"]
     processors.insert(0, scan_event)  # in place: bound loggers keep a reference to this list
     structlog.configure(processors=processors)

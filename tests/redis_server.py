@@ -10,9 +10,10 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Protocol, cast
+from typing import Any, Protocol, cast
 
 import redis as sync_redis
+from redis import asyncio as async_redis
 from redis.client import Pipeline
 
 
@@ -36,6 +37,7 @@ class Db(Protocol):
     def ttl(self, name: str) -> int: ...
     def pexpire(self, name: str, time: int) -> bool: ...
     def dbsize(self) -> int: ...
+    def info(self, section: str) -> dict[str, Any]: ...
     def scan_iter(self, match: str | None = None, count: int | None = None) -> Iterator[bytes]: ...
     def hget(self, name: str, key: str) -> bytes | None: ...
     def hgetall(self, name: str) -> dict[bytes, bytes]: ...
@@ -53,6 +55,22 @@ class Db(Protocol):
 def as_db(client: sync_redis.Redis) -> Db:
     """``client`` seen through ``Db``: the same object, with the types its commands really return."""
     return cast(Db, client)
+
+
+class AsyncDb(Protocol):
+    """``Db`` for the asyncio client, for the commands redis-py declares with a precise reply (such as
+    ``Awaitable[dict] | dict``), which cannot be awaited as declared; the ones declared ``Awaitable[Any] | Any``
+    can, so they are not here."""
+
+    async def hget(self, name: str, key: str) -> bytes | None: ...
+    async def hgetall(self, name: str) -> dict[bytes, bytes]: ...
+    async def lrange(self, name: str, start: int, end: int) -> list[bytes]: ...
+    async def sadd(self, name: str, *values: str) -> int: ...
+
+
+def as_async_db(client: async_redis.Redis) -> AsyncDb:
+    """``client`` seen through ``AsyncDb``: the same object, with the types its commands really return."""
+    return cast(AsyncDb, client)
 
 
 class RedisServer:

@@ -8,6 +8,8 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 from runinfra_webhooks.service.storage.coalesce import Coalescer
 
+from tests.redis_server import as_async_db
+
 # Returns its argument, or fails with a script error when asked to.
 ECHO = """
 if ARGV[1] == 'boom' then return redis.error_reply('ERR boom') end
@@ -53,7 +55,7 @@ async def test_a_script_redis_forgot_is_loaded_again_and_runs_once(redis: Redis)
 async def test_plain_commands_share_the_round_trip_with_their_replies_parsed(redis: Redis) -> None:
     coalescer = Coalescer(redis)
     echo = coalescer.script(ECHO)
-    await redis.sadd("set", "a", "b")
+    await as_async_db(redis).sadd("set", "a", "b")
     await echo(keys=["n"], args=["warm"])
     before = await reads_processed(redis)
     results = await asyncio.gather(*(coalescer.command("SMEMBERS", "set") for _ in range(20)),

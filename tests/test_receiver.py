@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -37,7 +38,9 @@ def test_queues_a_new_catalogued_event(receiver_url: str, db: Db) -> None:
     assert resp.status_code == 202
     assert resp.json() == {"status": "queued", "event_id": event["id"]}
     assert db.hget(keys.event(event["id"]), "state") == b"queued"
-    job = json.loads(db.get(keys.ARQ_JOB + keys.job_id(event["id"], 0)))
+    raw_job = db.get(keys.ARQ_JOB + keys.job_id(event["id"], 0))
+    assert raw_job is not None
+    job = json.loads(raw_job)
     assert job["f"] == "process_event" and job["a"] == [event["id"], 0]
     assert db.zscore(keys.ARQ_QUEUE, keys.job_id(event["id"], 0)) is not None
     assert db.ttl(keys.dedup(event["id"])) > 600_000
@@ -189,10 +192,12 @@ def test_rejects_signed_bodies_that_are_not_json_objects(receiver_url: str, db: 
         lambda e: e.update(data=[1]),
     ],
 )
-def test_rejects_signed_json_without_a_valid_envelope(receiver_url: str, mutate: object) -> None:
+def test_rejects_signed_json_without_a_valid_envelope(
+    receiver_url: str, mutate: Callable[[dict[str, Any]], object]
+) -> None:
     """A signed JSON object missing or mangling id, type, created or data is 400 invalid_event."""
     event = example_event()
-    mutate(event)  # type: ignore[operator]
+    mutate(event)
     assert_problem(post_delivery(receiver_url, *signed_delivery(event)), 400, "invalid_event")
 
 

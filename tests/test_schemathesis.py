@@ -14,6 +14,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, TypeAlias
 
 import hypothesis
 import pytest
@@ -21,13 +22,14 @@ import requests
 import schemathesis
 from runinfra_webhooks.service.core.signature import sign
 from runinfra_webhooks.service.receiver.app import create_app
-from schemathesis import Case, GenerationMode
+from schemathesis import APIOperation, Case, GenerationMode
 
 from tests.builders import SECRET
 from tests.conftest import make_settings
 from tests.redis_server import RedisServer
 from tests.servers import serve_in_thread
 
+GeneratedCase: TypeAlias = Case[APIOperation[Any, Any, Any, Any]]
 SPEC = Path(__file__).resolve().parent.parent / "openapi.yaml"
 MAX_EXAMPLES = 100
 
@@ -52,12 +54,12 @@ def session() -> Iterator[requests.Session]:
 @schema.parametrize()
 @hypothesis.settings(max_examples=MAX_EXAMPLES, deadline=None,
                      suppress_health_check=list(hypothesis.HealthCheck))
-def test_every_operation_conforms(case: Case, live_url: str, session: requests.Session) -> None:
+def test_every_operation_conforms(case: GeneratedCase, live_url: str, session: requests.Session) -> None:
     """As generated: whatever schemathesis sends, the answer is no 5xx and matches the spec."""
     case.call_and_validate(base_url=live_url, session=session, timeout=30)
 
 
-def send_signed(case: Case, live_url: str, session: requests.Session) -> requests.Response:
+def send_signed(case: GeneratedCase, live_url: str, session: requests.Session) -> requests.Response:
     """Send a generated case with its body signed like RunInfra signs it (any generated signature dropped)."""
     kwargs = case.as_transport_kwargs(base_url=live_url)
     if "json" in kwargs:
@@ -81,7 +83,7 @@ def answer_of(response: requests.Response) -> str:
 @webhook.parametrize()
 @hypothesis.settings(max_examples=MAX_EXAMPLES, deadline=None,
                      suppress_health_check=list(hypothesis.HealthCheck))
-def test_signed_generated_deliveries_conform(case: Case, live_url: str, session: requests.Session) -> None:
+def test_signed_generated_deliveries_conform(case: GeneratedCase, live_url: str, session: requests.Session) -> None:
     """Generated bodies, signed like RunInfra signs: they get past the signature, and 2xx/400 conform."""
     body = case.as_transport_kwargs(base_url=live_url).get("json")
     response = send_signed(case, live_url, session)
@@ -101,7 +103,7 @@ def test_the_signed_pass_reached_every_kind_of_answer(live_url: str, session: re
     @hypothesis.given(hypothesis.strategies.one_of(*(operation.as_strategy(mode) for mode in GenerationMode)))
     @hypothesis.settings(max_examples=MAX_EXAMPLES, deadline=None, derandomize=True, database=None,
                          suppress_health_check=list(hypothesis.HealthCheck))
-    def signed_pass(case: Case) -> None:
+    def signed_pass(case: GeneratedCase) -> None:
         answers[answer_of(send_signed(case, live_url, session))] += 1
 
     signed_pass()

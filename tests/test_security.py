@@ -14,7 +14,7 @@ import shlex
 import subprocess
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass, field
 from itertools import product
 from pathlib import Path
@@ -31,9 +31,10 @@ from runinfra_webhooks.service.receiver.app import create_app
 from runinfra_webhooks.service.storage import keys
 
 from tests.builders import OLD_SECRET, SECRET, example_event, post_delivery, signed_delivery
-from tests.conftest import LeakWatch, make_settings
+from tests.conftest import make_settings
+from tests.leakwatch import LeakWatch
 from tests.processes import receiver_process, stack_env, wait_until, worker_process
-from tests.redis_server import RedisServer, free_port
+from tests.redis_server import Db, RedisServer, free_port
 from tests.servers import serve_in_thread
 from tests.stubserver import STUB_API_KEY, StubServer
 
@@ -41,6 +42,13 @@ ROOT = Path(__file__).resolve().parent.parent
 NOW = 1_764_086_400
 SECRETS = (SECRET.encode(), OLD_SECRET.encode())
 V1 = re.compile(r"v1=([^,]*)")
+
+
+def _v1_of(header: str) -> str:
+    """The first v1 signature of a ``runinfra-signature`` header."""
+    match = V1.search(header)
+    assert match is not None, header
+    return match.group(1)
 
 
 # --- what must never leak ------------------------------------------------------------------------------
@@ -58,7 +66,7 @@ class Needles:
         for t in stamps:
             if re.fullmatch(r"0|[1-9][0-9]{0,11}", t.strip()):
                 for secret in (SECRET, OLD_SECRET):
-                    self.strings.add(V1.search(sign(body, secret, int(t))).group(1))  # type: ignore[union-attr]
+                    self.strings.add(_v1_of(sign(body, secret, int(t))))
         self.strings.update(v.strip() for v in V1.findall(header) if len(v.strip()) >= 16)
 
     def found_in(self, text: str) -> list[str]:
@@ -137,7 +145,7 @@ def assert_answers_leak_nothing(answers: list[httpx.Response], needles: Needles)
 
 
 def test_real_processes_log_no_secret_key_or_signature(
-    redis_url: str, stub: StubServer, tmp_path: Path
+    redis_url: str, db: Db, stub: StubServer, tmp_path: Path
 ) -> None:
     """Receiver and worker processes at debug level, through every kind of delivery and gateway call.
 
@@ -148,10 +156,9 @@ def test_real_processes_log_no_secret_key_or_signature(
                     RUNINFRA_CHAT_MODEL="llama-3.1-8b", RUNINFRA_MAX_ATTEMPTS="2")
     needles = Needles()
     receiver_log, worker_log = tmp_path / "receiver.out", tmp_path / "worker.out"  # not *.log: scanned here
-    redis = sync_redis.Redis.from_url(redis_url)
 
     def state(event_id: str) -> str:
-        return (redis.hget(keys.event(event_id), "state") or b"").decode()
+        return (db.hget(keys.event(event_id), "state") or b"").decode()
 
     def settle(outcomes: dict[str, str]) -> None:
         def settled() -> bool:
@@ -226,7 +233,7 @@ def compare_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[bytes, bytes]]:
 
 
 def _expected(body: bytes, t: int) -> list[bytes]:
-    return [V1.search(sign(body, s, t)).group(1).encode() for s in SECRETS]  # type: ignore[union-attr]
+    return [_v1_of(sign(body, s, t)).encode() for s in SECRETS]
 
 
 @pytest.mark.parametrize("case", ["first-byte-mismatch", "last-byte-mismatch", "match-first", "match-last",
@@ -243,7 +250,7 @@ def test_every_v1_is_compared_to_every_secret_with_compare_digest(
     good = _expected(body, NOW)
     first = (b"0" if good[0][:1] != b"0" else b"1") + good[0][1:]
     last = good[0][:-1] + (b"0" if good[0][-1:] != b"0" else b"1")
-    candidates = {
+    table: dict[str, list[bytes | str]] = {
         "first-byte-mismatch": [first, first, first],
         "last-byte-mismatch": [last, last, last],
         "match-first": [good[0], first, last],
@@ -251,7 +258,8 @@ def test_every_v1_is_compared_to_every_secret_with_compare_digest(
         "wrong-length": [good[0][:-2], good[0] + b"00", b""],
         "non-hex": ["\u00e9" * 32, "ZZ" * 32, "\ud800"],
         "stale-but-matching": [first, good[0], last],
-    }[case]
+    }
+    candidates = table[case]
     header = f"t={NOW}," + ",".join(
         "v1=" + (c.decode() if isinstance(c, bytes) else c) for c in candidates
     )
@@ -371,7 +379,7 @@ def _readyz(url: str) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def _app_on(redis_url: str, tmp_path: Path) -> Iterator[tuple[str, list[dict[str, Any]]]]:
+def _app_on(redis_url: str, tmp_path: Path) -> Iterator[tuple[str, list[MutableMapping[str, Any]]]]:
     """The receiver in-process, with the log events of its start-up captured."""
     with structlog.testing.capture_logs() as logs, serve_in_thread(create_app(make_settings(redis_url, tmp_path))) \
             as url:

@@ -225,12 +225,11 @@ class SteadySender:
 def records(db: Db, ids: Iterable[str]) -> dict[str, dict[str, str]]:
     """event id -> its record (without the body), read in one pipeline."""
     ids = list(ids)
+    names = ["state", "attempts", "generation", "received_ms", "updated_ms", "reason", "last_error"]
     pipe = db.pipeline(transaction=False)
     for i in ids:
-        pipe.hmget(keys.event(i), "state", "attempts", "generation", "received_ms", "updated_ms", "reason",
-                   "last_error")
+        pipe.hmget(keys.event(i), names)
     out = {}
-    names = ("state", "attempts", "generation", "received_ms", "updated_ms", "reason", "last_error")
     for i, values in zip(ids, pipe.execute(), strict=True):
         out[i] = {n: (v.decode() if v is not None else "") for n, v in zip(names, values, strict=True)}
     return out
