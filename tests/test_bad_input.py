@@ -77,6 +77,7 @@ def envelope_bytes(data_json: bytes = b"{}", *, created: bytes = b"1764086400", 
     pytest.param(b"[" * 500_000, id="unterminated-500k"),
 ])
 def test_deeply_nested_json_is_invalid_json(live: str, body: bytes) -> None:
+    """Signed JSON nested far past the parser's limit is 400 invalid_json, and the receiver stays healthy."""
     problem = assert_problem(post_signed(live, body), 400, "invalid_json")
     assert "recursion" in problem["detail"] or "Expecting" in problem["detail"]
     assert_healthy(live)
@@ -101,6 +102,7 @@ def test_nesting_around_the_recursion_limit_is_either_accepted_or_invalid_json(l
 
 
 def test_deeply_nested_unsigned_body_stops_at_the_signature(live: str) -> None:
+    """An unsigned, deeply nested body is refused at the signature (401), before anything parses it."""
     resp = post_delivery(live, b"[" * 100_000, {"content-type": "application/json"})
     assert_problem(resp, 401, "missing_signature")
 
@@ -118,6 +120,7 @@ def test_deeply_nested_unsigned_body_stops_at_the_signature(live: str) -> None:
     pytest.param(envelope_bytes(created=b"true"), "invalid_event", id="created-bool"),
 ])
 def test_huge_and_non_integer_numbers_get_400(live: str, body: bytes, code: str) -> None:
+    """Huge, fractional, exponent, NaN, Infinity or boolean numbers get their 400 code, never a 500."""
     assert_problem(post_signed(live, body), 400, code)
 
 
@@ -156,6 +159,7 @@ def test_a_huge_but_integral_created_is_accepted_as_an_integer(live: str) -> Non
     pytest.param(bytes(range(256)) * 16, id="all-bytes"),
 ])
 def test_non_utf8_bodies_are_invalid_json(live: str, body: bytes) -> None:
+    """A signed body that is not plain UTF-8 (bad sequences, surrogates, a BOM) is 400 invalid_json."""
     assert_problem(post_signed(live, body), 400, "invalid_json")
 
 
@@ -194,6 +198,7 @@ def test_a_lone_surrogate_in_a_typed_data_field_is_dead_lettered_at_once(live: s
     pytest.param(envelope_bytes(b'{"\\u0000":1}', id_=b'"\\u0000"'), "invalid_event", id="nul-key-and-id"),
 ])
 def test_nul_bytes_get_400(live: str, body: bytes, code: str) -> None:
+    """Raw NUL bytes make a body invalid JSON; escaped ones in the id, type or a key make it an invalid event."""
     assert_problem(post_signed(live, body), 400, code)
 
 

@@ -35,6 +35,7 @@ async def test_concurrent_calls_share_round_trips(redis: Redis) -> None:
 
 
 async def test_an_error_reply_fails_only_its_own_call(redis: Redis) -> None:
+    """A script's error reply fails only the call that caused it; the calls around it get their replies."""
     echo = Coalescer(redis).script(ECHO)
     results = await asyncio.gather(echo(keys=["n"], args=["a"]), echo(keys=["n"], args=["boom"]),
                                    echo(keys=["n"], args=["b"]), return_exceptions=True)
@@ -53,6 +54,7 @@ async def test_a_script_redis_forgot_is_loaded_again_and_runs_once(redis: Redis)
 
 
 async def test_plain_commands_share_the_round_trip_with_their_replies_parsed(redis: Redis) -> None:
+    """Plain commands share the scripts' round trips, each reply parsed as redis-py parses it."""
     coalescer = Coalescer(redis)
     echo = coalescer.script(ECHO)
     await as_async_db(redis).sadd("set", "a", "b")

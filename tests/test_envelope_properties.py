@@ -1,4 +1,4 @@
-"""Property tests for the three parsing steps of a signed body (service.events, contract §3 and §4).
+"""Property tests for the three parsing steps of a signed body (``service.core.events``).
 
 bytes -> JSON object (``InvalidJSON``), object -> envelope (``ValidationError``), envelope -> typed event
 (``ValidationError``). Each step is total on untrusted input: it returns its typed result or raises its
@@ -138,6 +138,7 @@ def test_non_utf8_encodings_are_invalid_unless_the_bytes_are_identical(obj: dict
 
 @pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
 def test_non_standard_constants_are_invalid(constant: str) -> None:
+    """NaN, Infinity and -Infinity are not JSON: the body is InvalidJSON."""
     with pytest.raises(InvalidJSON):
         parse_json_object(f'{{"id": "a", "created": {constant}}}'.encode())
 
@@ -178,7 +179,7 @@ def test_parse_envelope_and_event_are_total(obj: dict[str, Any]) -> None:
 def test_valid_envelopes_with_random_extra_fields_are_always_accepted(
     type_: str, extra_top: dict[str, Any], extra_data: dict[str, Any]
 ) -> None:
-    """Unknown fields, at the top level and inside data, are ignored and never rejected (contract §3)."""
+    """Unknown fields, at the top level and inside data, are ignored and never rejected."""
     base = valid_envelope(type_)
     obj = {**extra_top, **base}
     obj["data"] = {**extra_data, **base["data"]}
@@ -197,6 +198,7 @@ def test_valid_envelopes_with_random_extra_fields_are_always_accepted(
 @given(st.one_of(any_text, st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7f), min_size=250,
                                     max_size=260)))
 def test_id_accepted_exactly_when_printable_ascii_without_whitespace(event_id: str) -> None:
+    """An id is accepted exactly when it is 1 to 255 printable ASCII characters without whitespace."""
     obj = {**valid_envelope("deployment.deleted"), "id": event_id}
     accepted = _accepted(obj)
     assert accepted == bool(ID_RULE.fullmatch(event_id))
@@ -205,6 +207,7 @@ def test_id_accepted_exactly_when_printable_ascii_without_whitespace(event_id: s
 @settings(max_examples=150, deadline=None)
 @given(st.one_of(any_text, st.from_regex(TYPE_RULE, fullmatch=True).filter(lambda s: len(s) <= 300)))
 def test_type_accepted_exactly_when_dotted_lowercase_words(type_: str) -> None:
+    """A type is accepted exactly when it is dotted lowercase words, at most 255 characters long."""
     obj = {"id": "evt_1", "type": type_, "created": 1, "data": {}}
     assert _accepted(obj) == (bool(TYPE_RULE.fullmatch(type_)) and len(type_) <= 255)
 
@@ -220,6 +223,7 @@ def test_created_accepted_exactly_when_a_non_negative_integer(created: Any) -> N
 @settings(max_examples=200, deadline=None)
 @given(json_values)
 def test_data_accepted_exactly_when_an_object(data: Any) -> None:
+    """data is accepted exactly when it is a JSON object."""
     obj = {"id": "evt_1", "type": "x.y", "created": 1, "data": data}
     assert _accepted(obj) == isinstance(data, dict)
 
@@ -227,6 +231,7 @@ def test_data_accepted_exactly_when_an_object(data: Any) -> None:
 @settings(max_examples=200, deadline=None)
 @given(st.sampled_from(sorted(ENVELOPE_FIELDS)))
 def test_a_missing_required_field_is_rejected_an_optional_one_is_not(field: str) -> None:
+    """Without id, type, created or data the envelope is rejected; without any other field it is not."""
     obj = valid_envelope("deployment.ready")
     obj.pop(field, None)
     assert _accepted(obj) == (field not in {"id", "type", "created", "data"})

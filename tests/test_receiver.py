@@ -1,4 +1,4 @@
-"""The receiver over real HTTP against a real redis-server: every row of contract §4."""
+"""The receiver over real HTTP against a real redis-server: every answer the contract defines."""
 
 from __future__ import annotations
 

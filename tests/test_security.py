@@ -347,6 +347,7 @@ def test_the_image_runs_as_a_non_root_user() -> None:
 
 
 def test_the_image_starts_the_receiver_via_the_console_script() -> None:
+    """The image's final stage starts `runinfra-webhooks serve`, the console script, without shell quoting."""
     instructions = _dockerfile_instructions()
     last_from = max(i for i, (word, _) in enumerate(instructions) if word == "FROM")
     final = instructions[last_from:]
@@ -408,7 +409,8 @@ def test_rdb_without_aof_still_warns(own_redis: RedisServer, tmp_path: Path) -> 
     assert "AOF is off" in startup["warning"] and ready["persistence"]["warning"] == startup["warning"]
 
 
-def test_aof_on_means_no_warning(tmp_path: Path) -> None:
+def test_aof_on_gives_no_persistence_warning(tmp_path: Path) -> None:
+    """With AOF on, start-up logs no persistence warning and /readyz reports none."""
     (tmp_path / "aof").mkdir()
     with RedisServer(tmp_path / "aof", appendonly=True) as server:
         with _app_on(server.url, tmp_path) as (url, logs):

@@ -2,7 +2,7 @@
 
 The poison is a transcription.completed whose speech call always fails (the gateway answers 503 to every
 /v1/audio/speech request), so the real follow-up handler raises a transient error on every attempt.
-Promise (contract §7, issue #3): it is dead-lettered after RUNINFRA_MAX_ATTEMPTS attempts, never charged,
+Promise: it is dead-lettered after RUNINFRA_MAX_ATTEMPTS attempts, never charged,
 and the events delivered after it are not held up: they all finish while the poison is still retrying.
 """
 
@@ -37,6 +37,7 @@ MAX_ATTEMPTS = 5
 def test_poison_event_is_dead_lettered_without_delaying_the_rest(
     receiver: str, stub: StubServer, redis_aof: RedisServer, db: Db, tmp_path: Path
 ) -> None:
+    """An event whose handler always fails is dead-lettered after its attempts, uncharged, delaying nothing."""
     stub.set_faults(route="/v1/audio/speech", rates={"503": 1.0}, retry_after=1)
     # Each attempt: a 503, 1 s (Retry-After), a 503, then the job is deferred 1 s: about 2 s per attempt.
     # Few slots, so a poison that held one would show up in the others' latency.

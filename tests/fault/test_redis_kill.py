@@ -1,6 +1,6 @@
 """Redis SIGKILLed during a steady load and restarted from its AOF (appendfsync always).
 
-Promise (contract §5): every delivery that got a 2xx is processed, none runs twice (gateway charges =
+Promise: every delivery that got a 2xx is processed, none runs twice (gateway charges =
 logical calls); while Redis is down deliveries get 503 and /readyz is 503 (RunInfra retries those); the
 receiver and the worker ride the outage out as the same processes, nobody restarts them.
 """
@@ -47,6 +47,7 @@ def status(url: str) -> int:
 def test_redis_sigkill_under_load_loses_nothing(receiver: str, env: dict[str, str], stub: StubServer,
                                                  redis_aof: RedisServer, db: Db,
                                                  tmp_path: Path) -> None:
+    """Redis SIGKILLed twice under load: 503 while it is down, then every acknowledged event runs once."""
     n = scaled(400)
     events = [transcription(i, "redis-kill") for i in range(n)]
     ids = [e["id"] for e in events]

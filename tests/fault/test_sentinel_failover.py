@@ -110,7 +110,8 @@ def acked_count(rec: Recorder, since: float = 0.0) -> int:
     return sum(a.acked and a.started >= since for a in rec.snapshot())
 
 
-def test_sentinel_failover_under_load(stub: StubServer, tmp_path: Path) -> None:
+def test_a_sentinel_failover_under_load_answers_503_then_recovers_in_place(stub: StubServer, tmp_path: Path) -> None:
+    """Primary killed under load: 503 while no master is known, then the same processes take everything."""
     t0 = time.monotonic()
     dirs = {name: tmp_path / name for name in ("primary", "replica", "sentinel")}
     for d in dirs.values():
