@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +98,7 @@ def stub(stub_server: StubServer) -> StubServer:
 @pytest.fixture(scope="session")
 def leak_watch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LeakWatch]:
     watch = LeakWatch((SECRET, OLD_SECRET, STUB_API_KEY))
-    real_hex_hmac: Callable[[bytes, bytes], bytes] = signature._hex_hmac
+    real_hex_hmac = signature._hex_hmac
 
     def recording_hex_hmac(key: bytes, payload: bytes) -> bytes:
         digest = real_hex_hmac(key, payload)
@@ -122,7 +122,7 @@ def leak_watch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LeakWatch]:
         if scan_event in processors:
             processors.remove(scan_event)
             structlog.configure(processors=processors)
-        signature._hex_hmac = real_hex_hmac  # type: ignore[assignment]
+        signature._hex_hmac = real_hex_hmac
     watch.scan_files(tmp_path_factory.getbasetemp())
     leaks = watch.take()
     if leaks:

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.fault
 async def test_poll_loop_logs_and_waits_out_an_unreachable_redis(redis_url: str, tmp_path: Path) -> None:
     """A connection error in the poll loop is logged and waited out, instead of ending the worker."""
     worker = build_worker(make_settings(redis_url, tmp_path), burst=True)
-    worker._pool = DownPool()  # type: ignore[assignment]
+    worker._pool = DownPool()  # type: ignore[assignment]  # a stand-in that fails like an unreachable Redis
     started = time.monotonic()
     with structlog.testing.capture_logs() as logs:
         await worker._poll_iteration()  # before: ConnectionError escaped and ended the process
@@ -39,7 +39,7 @@ async def test_poll_loop_logs_and_waits_out_an_unreachable_redis(redis_url: str,
 async def test_a_job_start_that_fails_gives_its_slot_back(redis_url: str, tmp_path: Path) -> None:
     """A job start that fails on Redis frees the slot it took, so outages do not shrink the worker."""
     worker = build_worker(make_settings(redis_url, tmp_path, RUNINFRA_WORKER_CONCURRENCY=2), burst=True)
-    worker._pool = DownPool()  # type: ignore[assignment]
+    worker._pool = DownPool()  # type: ignore[assignment]  # a stand-in that fails like an unreachable Redis
     for _ in range(3):
         with pytest.raises(RedisConnectionError):
             await worker.start_jobs([b"evt_x@0", b"evt_y@0"])
