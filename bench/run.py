@@ -26,11 +26,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, cast
 
 import redis as sync_redis
 from arq.connections import RedisSettings, create_pool
 from redis.asyncio import Redis
+from redis.client import Pipeline
 from runinfra_webhooks.service.core.signature import sign
 from runinfra_webhooks.service.storage import arq_job, keys
 from runinfra_webhooks.service.storage.ingest import Delivery, Ingestor, IngestOutcome
@@ -119,6 +120,23 @@ def example(type_: str) -> dict[str, Any]:
 
 
 # --- Redis ---------------------------------------------------------------------------------------
+class Commands(Protocol):
+    """What the bench asks its Redis, typed as the synchronous client answers. redis-py declares each command
+    once for its synchronous and asyncio clients (``Awaitable[Any] | Any``), which cannot be used as a number
+    or a dict without a cast."""
+
+    def ping(self) -> bool: ...
+    def flushall(self) -> bool: ...
+    def config_resetstat(self) -> bool: ...
+    def bgrewriteaof(self) -> bool: ...
+    def info(self, section: str) -> dict[str, Any]: ...
+    def xlen(self, name: str) -> int: ...
+    def zcard(self, name: str) -> int: ...
+    def ttl(self, name: str) -> int: ...
+    def memory_usage(self, key: str, samples: int | None = None) -> int | None: ...
+    def pipeline(self, transaction: bool = True) -> Pipeline: ...
+
+
 @dataclass
 class RedisProc:
     directory: Path
@@ -130,8 +148,8 @@ class RedisProc:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def client(self) -> sync_redis.Redis:
-        return sync_redis.Redis(host="127.0.0.1", port=self.port)
+    def client(self) -> Commands:
+        return cast(Commands, sync_redis.Redis(host="127.0.0.1", port=self.port))
 
     def start(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)

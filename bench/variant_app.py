@@ -42,7 +42,7 @@ def main() -> None:
 
         Ingestor.ingest = ingest  # type: ignore[method-assign]
     if a.variant.endswith("no-log"):
-        receiver_module.log = _NoLog()  # type: ignore[assignment]
+        receiver_module.log = _NoLog()
     app = create_app(settings)
     settle_after_startup()  # as `serve` does
     uvicorn.run(app, host="127.0.0.1", port=a.port, access_log=False, log_level="warning",

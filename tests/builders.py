@@ -1,4 +1,4 @@
-"""Builders for signed deliveries: one valid delivery, with any part overridable."""
+"""Signed deliveries: build a valid one, with any part overridable, and post it to a receiver."""
 
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import httpx
 from runinfra_webhooks.service.core.signature import sign
 
 SECRET = "whsec_test_primary_0123456789"
 OLD_SECRET = "whsec_test_previous_9876543210"
+WEBHOOK_PATH = "/webhooks/runinfra"
 EVENTS_DIR = Path(__file__).parents[1] / "service" / "devtools" / "examples"  # the examples `send` ships
 
 
@@ -36,3 +38,8 @@ def signed_delivery(
     h = {"content-type": "application/json", "runinfra-signature": sign(raw, secret, ts)}
     h.update(headers or {})
     return raw, h
+
+
+def post_delivery(receiver_url: str, body: bytes, headers: dict[str, str], *, timeout: float = 30) -> httpx.Response:
+    """POST a delivery to the receiver's webhook route, as RunInfra does: ``post_delivery(url, *signed_delivery())``."""
+    return httpx.post(receiver_url + WEBHOOK_PATH, content=body, headers=headers, timeout=timeout)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis as sync_redis
 import structlog
 from redis.asyncio import Redis
 from runinfra_webhooks.service.core import signature
@@ -16,10 +17,9 @@ from runinfra_webhooks.service.settings import Settings, load_settings
 
 from tests.builders import OLD_SECRET, SECRET
 from tests.leakwatch import LeakWatch, ScanHandler
-from tests.processes import STUB_KEY
-from tests.redis_server import RedisServer
+from tests.redis_server import Db, RedisServer, as_db
 from tests.servers import serve_in_thread
-from tests.stubserver import StubServer, start_gateway_stub
+from tests.stubserver import STUB_API_KEY, StubServer, start_gateway_stub
 
 
 @pytest.fixture(scope="session")
@@ -71,6 +71,14 @@ async def redis(redis_url: str) -> AsyncIterator[Redis]:
     await client.aclose()
 
 
+@pytest.fixture
+def db(redis_url: str) -> Iterator[Db]:
+    """A synchronous client of the test's clean database, to read (or damage) what the code under test wrote."""
+    client = sync_redis.Redis.from_url(redis_url)
+    yield as_db(client)
+    client.close()
+
+
 @pytest.fixture(scope="module")
 def stub_server() -> Iterator[StubServer]:
     """The gateway emulator over real HTTP, one per test module."""
@@ -89,8 +97,8 @@ def stub(stub_server: StubServer) -> StubServer:
 
 @pytest.fixture(scope="session")
 def leak_watch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LeakWatch]:
-    watch = LeakWatch((SECRET, OLD_SECRET, STUB_KEY))
-    real_hex_hmac: Callable[[bytes, bytes], bytes] = signature._hex_hmac
+    watch = LeakWatch((SECRET, OLD_SECRET, STUB_API_KEY))
+    real_hex_hmac = signature._hex_hmac
 
     def recording_hex_hmac(key: bytes, payload: bytes) -> bytes:
         digest = real_hex_hmac(key, payload)
@@ -101,7 +109,7 @@ def leak_watch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LeakWatch]:
         watch.scan(repr(event_dict), f"structlog {event_dict.get('event')!r}")
         return event_dict
 
-    signature._hex_hmac = recording_hex_hmac  # type: ignore[assignment]
+    signature._hex_hmac = recording_hex_hmac
     processors = structlog.get_config()["processors"]
     processors.insert(0, scan_event)  # in place: bound loggers keep a reference to this list
     structlog.configure(processors=processors)
@@ -114,7 +122,7 @@ def leak_watch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LeakWatch]:
         if scan_event in processors:
             processors.remove(scan_event)
             structlog.configure(processors=processors)
-        signature._hex_hmac = real_hex_hmac  # type: ignore[assignment]
+        signature._hex_hmac = real_hex_hmac
     watch.scan_files(tmp_path_factory.getbasetemp())
     leaks = watch.take()
     if leaks:

@@ -15,8 +15,7 @@ import httpx
 
 from tests.builders import OLD_SECRET, SECRET
 from tests.redis_server import free_port
-
-STUB_KEY = "sk-stub"
+from tests.stubserver import STUB_API_KEY
 
 
 def stack_env(redis_url: str, stub_base_url: str, artifacts: Path, **extra: str) -> dict[str, str]:
@@ -25,7 +24,7 @@ def stack_env(redis_url: str, stub_base_url: str, artifacts: Path, **extra: str)
         RUNINFRA_WEBHOOK_SECRET=f"{SECRET},{OLD_SECRET}",
         REDIS_URL=redis_url,
         RUNINFRA_BASE_URL=stub_base_url,
-        RUNINFRA_API_KEY=STUB_KEY,
+        RUNINFRA_API_KEY=STUB_API_KEY,
         RUNINFRA_TTS_MODEL="kokoro-82m",
         RUNINFRA_TTS_VOICE="af_heart",
         RUNINFRA_ARTIFACTS_DIR=str(artifacts),

@@ -9,7 +9,7 @@ from pathlib import Path
 import redis as sync_redis
 
 from tests.processes import wait_until
-from tests.redis_server import RedisServer, free_port
+from tests.redis_server import RedisServer, as_db, free_port
 
 
 class ReplicaServer(RedisServer):
@@ -35,7 +35,7 @@ class ReplicaServer(RedisServer):
 
     def wait_synced(self, timeout: float = 15) -> None:
         def linked() -> bool:
-            info = self.client().info("replication")
+            info = as_db(self.client()).info("replication")
             return info.get("master_link_status") == "up" and not info.get("master_sync_in_progress")
 
         wait_until(linked, timeout=timeout, what=f"replica {self.port} in sync with {self.primary_port}")
@@ -74,7 +74,7 @@ class SentinelServer:
         or objectively down). That is the check redis-py's ``Sentinel.discover_master`` makes, so a client
         can reach the new master from the moment this names it. None while there is no such master."""
         try:
-            state = self.client().sentinel_master(self.master)
+            state = self.client().sentinel_master(self.master)  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
         except sync_redis.exceptions.RedisError:
             return None
         if not state.get("is_master") or state.get("is_sdown") or state.get("is_odown"):
@@ -84,7 +84,7 @@ class SentinelServer:
     def replica_ports(self) -> list[int]:
         """Replicas Sentinel knows and considers up."""
         try:
-            replicas = self.client().sentinel_slaves(self.master)
+            replicas = self.client().sentinel_slaves(self.master)  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
         except sync_redis.exceptions.RedisError:
             return []
         return [int(r["port"]) for r in replicas if not r["is_sdown"] and not r["is_odown"]]

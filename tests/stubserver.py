@@ -1,20 +1,15 @@
 """Run the gateway stub on a real socket for tests: ``with start_gateway_stub() as stub: stub.base_url``.
 
-The server is a uvicorn ``Server`` in a background thread, bound to a free port chosen by the OS (the
-socket is handed to uvicorn, so there is no race for the port). Other test modules use it as::
+The server is a uvicorn ``Server`` in a background thread on a free port (``tests.servers``). Other test
+modules take the ``stub`` fixture (``tests/conftest.py``: one per module, reset for each test); a test that
+needs one of its own (a slow one, or one without a key) starts it::
 
-    from tests.stubserver import StubServer, start_gateway_stub
-
-    @pytest.fixture(scope="module")
-    def gateway_stub() -> Iterator[StubServer]:
-        with start_gateway_stub() as stub:
-            yield stub
+    with start_gateway_stub(latency=2.0) as slow:
+        ...
 """
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,8 +17,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-import uvicorn
 from runinfra_webhooks.service.devtools.gateway_stub import create_stub_app
+
+from tests.servers import serve_in_thread
 
 __all__ = ["StubServer", "start_gateway_stub"]
 
@@ -73,28 +69,6 @@ class StubServer:
 @contextmanager
 def start_gateway_stub(*, latency: float = 0.0, api_key: str | None = STUB_API_KEY) -> Iterator[StubServer]:
     """Serve ``create_stub_app(api_key=..., latency=...)`` on 127.0.0.1:<free port> until the block ends."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(
-        create_stub_app(api_key=api_key, latency=latency),
-        log_level="warning",
-        ws="none",
-        lifespan="on",
-        timeout_graceful_shutdown=1,
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 10
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("gateway stub did not start")
-            time.sleep(0.01)
-        yield StubServer(root_url=f"http://127.0.0.1:{port}", api_key=api_key)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
+    app = create_stub_app(api_key=api_key, latency=latency)
+    with serve_in_thread(app, ws="none", timeout_graceful_shutdown=1) as root_url:
+        yield StubServer(root_url=root_url, api_key=api_key)

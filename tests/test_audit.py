@@ -7,15 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import httpx
 import pytest
-import redis as sync_redis
 from runinfra_webhooks.service.storage import keys
 
-from tests.builders import OLD_SECRET, SECRET, example_event, signed_delivery
+from tests.builders import OLD_SECRET, SECRET, example_event, post_delivery, signed_delivery
 from tests.processes import stack_env
-
-PATH = "/webhooks/runinfra"
+from tests.redis_server import Db
 
 
 def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -29,12 +26,7 @@ def env(redis_url: str, tmp_path: Path) -> dict[str, str]:
 
 
 @pytest.fixture
-def db(redis_url: str) -> sync_redis.Redis:
-    return sync_redis.Redis.from_url(redis_url)
-
-
-@pytest.fixture
-def filled(receiver_url: str, db: sync_redis.Redis) -> list[str]:
+def filled(receiver_url: str, db: Db) -> list[str]:
     """Five audited deliveries: queued, duplicate, old-secret, ignored, invalid JSON."""
     event = example_event()
     deliveries = [
@@ -45,7 +37,7 @@ def filled(receiver_url: str, db: sync_redis.Redis) -> list[str]:
         signed_delivery(body=b"\xff not json"),
     ]
     for body, headers in deliveries:
-        httpx.post(receiver_url + PATH, content=body, headers=headers, timeout=10)
+        post_delivery(receiver_url, body, headers, timeout=10)
     ids = [i.decode() for i, _ in db.xrange(keys.AUDIT_STREAM)]
     assert len(ids) == 5
     return ids
@@ -73,7 +65,7 @@ def test_export_writes_every_entry_with_its_raw_bytes(env: dict[str, str], fille
     assert cli(env, "audit", "verify", "--file", str(target), "--anchor", summary["head_hash"]).returncode == 0
 
 
-def test_verify_detects_an_edited_body(env: dict[str, str], filled: list[str], db: sync_redis.Redis) -> None:
+def test_verify_detects_an_edited_body(env: dict[str, str], filled: list[str], db: Db) -> None:
     """Rewriting an entry (delete and re-add with the same fields but another body) fails at that entry."""
     stream_id = filled[2]
     [(_, fields)] = db.xrange(keys.AUDIT_STREAM, stream_id, stream_id)
@@ -84,27 +76,27 @@ def test_verify_detects_an_edited_body(env: dict[str, str], filled: list[str], d
     assert "seq=3" in out.stderr and "digest_mismatch" in out.stderr
 
 
-def test_verify_detects_a_removed_entry(env: dict[str, str], filled: list[str], db: sync_redis.Redis) -> None:
+def test_verify_detects_a_removed_entry(env: dict[str, str], filled: list[str], db: Db) -> None:
     """XDEL of a middle entry is a sequence gap."""
     db.xdel(keys.AUDIT_STREAM, filled[1])
     out = cli(env, "audit", "verify")
     assert out.returncode == 1 and "sequence_gap" in out.stderr
 
 
-def test_verify_detects_a_removed_newest_entry(env: dict[str, str], filled: list[str], db: sync_redis.Redis) -> None:
+def test_verify_detects_a_removed_newest_entry(env: dict[str, str], filled: list[str], db: Db) -> None:
     """Dropping the newest entry is caught against the recorded head."""
     db.xdel(keys.AUDIT_STREAM, filled[-1])
     assert cli(env, "audit", "verify").returncode == 1
 
 
-def test_verify_detects_a_deleted_log(env: dict[str, str], filled: list[str], db: sync_redis.Redis) -> None:
+def test_verify_detects_a_deleted_log(env: dict[str, str], filled: list[str], db: Db) -> None:
     """Deleting the whole stream is caught: no entries, but the recorded head says there were five."""
     db.delete(keys.AUDIT_STREAM)
     out = cli(env, "audit", "verify")
     assert out.returncode == 1 and "recorded head" in out.stderr
 
 
-def test_verify_detects_a_reordering(env: dict[str, str], filled: list[str], db: sync_redis.Redis) -> None:
+def test_verify_detects_a_reordering(env: dict[str, str], filled: list[str], db: Db) -> None:
     """Swapping two entries' contents (keeping seq numbers in order) breaks the chain."""
     entries = dict(db.xrange(keys.AUDIT_STREAM))
     a, b = (i.encode() for i in filled[1:3])
@@ -115,7 +107,7 @@ def test_verify_detects_a_reordering(env: dict[str, str], filled: list[str], db:
     assert out.returncode == 1 and "seq=2" in out.stderr
 
 
-def test_verify_detects_a_forged_signature(env: dict[str, str], filled: list[str], db: sync_redis.Redis) -> None:
+def test_verify_detects_a_forged_signature(env: dict[str, str], filled: list[str], db: Db) -> None:
     """Verification with only the old secret configured fails on the first entry signed with the new one."""
     env = dict(env, RUNINFRA_WEBHOOK_SECRET=OLD_SECRET)
     out = cli(env, "audit", "verify")
@@ -123,12 +115,12 @@ def test_verify_detects_a_forged_signature(env: dict[str, str], filled: list[str
     assert SECRET not in out.stderr + out.stdout
 
 
-def test_anchor_detects_a_rewritten_chain(env: dict[str, str], filled: list[str], db: sync_redis.Redis) -> None:
+def test_anchor_detects_a_rewritten_chain(env: dict[str, str], filled: list[str], db: Db) -> None:
     """An anchor hash that is no longer in the chain fails verification."""
     assert cli(env, "audit", "verify", "--anchor", "f" * 40).returncode == 1
 
 
-def rebuild(db: sync_redis.Redis, replace: dict[str, dict[bytes, bytes]]) -> None:
+def rebuild(db: Db, replace: dict[str, dict[bytes, bytes]]) -> None:
     """Recreate the stream with explicit ids, swapping in the given entries (what an attacker could do)."""
     entries = db.xrange(keys.AUDIT_STREAM)
     db.delete(keys.AUDIT_STREAM)

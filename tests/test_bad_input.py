@@ -21,14 +21,14 @@ import httpx
 import pytest
 import structlog
 from runinfra_webhooks.service.receiver.app import create_app
+from runinfra_webhooks.service.storage import keys
 
-from tests.builders import example_event, signed_delivery
+from tests.builders import WEBHOOK_PATH, example_event, post_delivery, signed_delivery
 from tests.conftest import make_settings
 from tests.processes import Proc, stack_env, started_receiver
-from tests.redis_server import RedisServer
+from tests.redis_server import Db, RedisServer
 from tests.servers import serve_in_thread
 
-PATH = "/webhooks/runinfra"
 BODY_TIMEOUT = 2.0
 
 
@@ -41,12 +41,8 @@ def live(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) ->
         yield url
 
 
-def post(url: str, body: bytes, headers: dict[str, str]) -> httpx.Response:
-    return httpx.post(url + PATH, content=body, headers=headers, timeout=30)
-
-
 def post_signed(url: str, body: bytes) -> httpx.Response:
-    return post(url, *signed_delivery(body=body))
+    return post_delivery(url, *signed_delivery(body=body))
 
 
 def assert_problem(resp: httpx.Response, status: int, code: str) -> dict[str, Any]:
@@ -63,7 +59,7 @@ def assert_healthy(url: str) -> None:
     started = time.monotonic()
     assert httpx.get(url + "/healthz", timeout=5).status_code == 200
     event = example_event("deployment.deleted")
-    resp = post(url, *signed_delivery(event))
+    resp = post_delivery(url, *signed_delivery(event))
     assert resp.status_code == 202 and resp.json()["event_id"] == event["id"], resp.text
     assert time.monotonic() - started < 3
 
@@ -81,6 +77,7 @@ def envelope_bytes(data_json: bytes = b"{}", *, created: bytes = b"1764086400", 
     pytest.param(b"[" * 500_000, id="unterminated-500k"),
 ])
 def test_deeply_nested_json_is_invalid_json(live: str, body: bytes) -> None:
+    """Signed JSON nested far past the parser's limit is 400 invalid_json, and the receiver stays healthy."""
     problem = assert_problem(post_signed(live, body), 400, "invalid_json")
     assert "recursion" in problem["detail"] or "Expecting" in problem["detail"]
     assert_healthy(live)
@@ -105,7 +102,8 @@ def test_nesting_around_the_recursion_limit_is_either_accepted_or_invalid_json(l
 
 
 def test_deeply_nested_unsigned_body_stops_at_the_signature(live: str) -> None:
-    resp = post(live, b"[" * 100_000, {"content-type": "application/json"})
+    """An unsigned, deeply nested body is refused at the signature (401), before anything parses it."""
+    resp = post_delivery(live, b"[" * 100_000, {"content-type": "application/json"})
     assert_problem(resp, 401, "missing_signature")
 
 
@@ -122,6 +120,7 @@ def test_deeply_nested_unsigned_body_stops_at_the_signature(live: str) -> None:
     pytest.param(envelope_bytes(created=b"true"), "invalid_event", id="created-bool"),
 ])
 def test_huge_and_non_integer_numbers_get_400(live: str, body: bytes, code: str) -> None:
+    """Huge, fractional, exponent, NaN, Infinity or boolean numbers get their 400 code, never a 500."""
     assert_problem(post_signed(live, body), 400, code)
 
 
@@ -142,7 +141,7 @@ def test_big_numbers_in_ignored_data_fields_are_accepted(live: str, data: bytes)
 def test_a_huge_but_integral_created_is_accepted_as_an_integer(live: str) -> None:
     """The contract says integer; 10**30 is one. It must not overflow anything on the way to Redis."""
     event = example_event("deployment.deleted", created=10**30)
-    resp = post(live, *signed_delivery(event))
+    resp = post_delivery(live, *signed_delivery(event))
     assert resp.status_code == 202, resp.text
 
 
@@ -160,6 +159,7 @@ def test_a_huge_but_integral_created_is_accepted_as_an_integer(live: str) -> Non
     pytest.param(bytes(range(256)) * 16, id="all-bytes"),
 ])
 def test_non_utf8_bodies_are_invalid_json(live: str, body: bytes) -> None:
+    """A signed body that is not plain UTF-8 (bad sequences, surrogates, a BOM) is 400 invalid_json."""
     assert_problem(post_signed(live, body), 400, "invalid_json")
 
 
@@ -172,23 +172,19 @@ def test_escaped_lone_surrogates_are_valid_json_and_rejected_only_where_the_enve
 
 
 @pytest.mark.parametrize("type_", ["transcription.completed", "deployment.ready", "deployment.failed"])
-def test_a_lone_surrogate_in_a_typed_data_field_is_dead_lettered_at_once(live: str, redis_url: str,
-                                                                         type_: str) -> None:
+def test_a_lone_surrogate_in_a_typed_data_field_is_dead_lettered_at_once(live: str, db: Db, type_: str) -> None:
     r"""A data string like "caf\udce9" cannot be encoded for Redis or the gateway, on any attempt.
 
     It is answered 202 dead_lettered (invalid_payload, audited, replayable) instead of being queued and
     failing every retry of the job with UnicodeEncodeError until the attempts run out.
     """
-    import redis as sync_redis
-    from runinfra_webhooks.service.storage import keys
-
     event = example_event(type_)
     field = {"transcription.completed": "text", "deployment.ready": "model", "deployment.failed": "modality"}[type_]
     event["data"][field] = "caf\udce9"
-    resp = post(live, *signed_delivery(event))
+    resp = post_delivery(live, *signed_delivery(event))
     assert resp.status_code == 202
     assert resp.json() == {"status": "dead_lettered", "event_id": event["id"], "reason": "invalid_payload"}
-    assert sync_redis.Redis.from_url(redis_url).hget(keys.event(event["id"]), "state") == b"dead_lettered"
+    assert db.hget(keys.event(event["id"]), "state") == b"dead_lettered"
 
 
 # --- NUL bytes --------------------------------------------------------------------------------------
@@ -202,19 +198,17 @@ def test_a_lone_surrogate_in_a_typed_data_field_is_dead_lettered_at_once(live: s
     pytest.param(envelope_bytes(b'{"\\u0000":1}', id_=b'"\\u0000"'), "invalid_event", id="nul-key-and-id"),
 ])
 def test_nul_bytes_get_400(live: str, body: bytes, code: str) -> None:
+    """Raw NUL bytes make a body invalid JSON; escaped ones in the id, type or a key make it an invalid event."""
     assert_problem(post_signed(live, body), 400, code)
 
 
-def test_an_escaped_nul_in_a_data_string_is_kept_byte_exact(live: str, redis_url: str) -> None:
+def test_an_escaped_nul_in_a_data_string_is_kept_byte_exact(live: str, db: Db) -> None:
     """JSON may carry U+0000 in strings; the event is accepted and the stored body is the signed bytes."""
-    import redis as sync_redis
-    from runinfra_webhooks.service.storage import keys
-
     event_id = f"evt_nul_{time.time_ns()}"
     body = envelope_bytes(b'{"deployment_id":"d\\u0000","pipeline_id":"p"}', id_=json.dumps(event_id).encode())
     resp = post_signed(live, body)
     assert resp.status_code == 202, resp.text
-    assert sync_redis.Redis.from_url(redis_url).hget(keys.event(event_id), "body") == body
+    assert db.hget(keys.event(event_id), "body") == body
 
 
 def test_nul_and_non_utf8_in_the_signature_header(live: str) -> None:
@@ -225,7 +219,7 @@ def test_nul_and_non_utf8_in_the_signature_header(live: str) -> None:
                              (b"t=\xd9\xa1,v1=ab", b"401"), (b"\x7f", b"400"), (b"t=1,v1=" + b"a" * 9000, b"401")]:
         with socket.create_connection((host, port), timeout=10) as s:
             s.sendall(b"POST %s HTTP/1.1\r\nHost: x\r\nrunInfra-Signature: %s\r\n"
-                      b"Content-Length: %d\r\n\r\n%s" % (PATH.encode(), header, len(body), body))
+                      b"Content-Length: %d\r\n\r\n%s" % (WEBHOOK_PATH.encode(), header, len(body), body))
             answer = _read_response(s)
         assert answer.split(b" ", 2)[1] == expected, answer[:300]
         if expected == b"401":
@@ -240,7 +234,7 @@ def test_a_declared_100_mb_body_is_refused_before_it_is_sent(live: str) -> None:
     host, port = _host_port(live)
     with socket.create_connection((host, port), timeout=10) as s:
         s.sendall(b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                  b"Content-Length: %d\r\n\r\n" % (PATH.encode(), 100 * 2**20))
+                  b"Content-Length: %d\r\n\r\n" % (WEBHOOK_PATH.encode(), 100 * 2**20))
         answer = _read_response(s)
     assert answer.startswith(b"HTTP/1.1 413 "), answer[:300]
     assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["code"] == "body_too_large"
@@ -272,7 +266,7 @@ def test_a_100_mb_chunked_body_is_refused_without_being_read(receiver_proc: tupl
     with socket.create_connection((host, port), timeout=30) as s:
         signature = signed_delivery(body=b"{}")[1]["runinfra-signature"]  # any header: size is decided first
         s.sendall(b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nrunInfra-signature: %s\r\n"
-                  b"Transfer-Encoding: chunked\r\n\r\n" % (PATH.encode(), signature.encode()))
+                  b"Transfer-Encoding: chunked\r\n\r\n" % (WEBHOOK_PATH.encode(), signature.encode()))
         answered = False
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             while sent < total:
@@ -311,10 +305,10 @@ def test_a_chunked_body_just_over_the_limit_is_413_and_at_the_limit_is_read(live
             yield b" " * take
             left -= take
 
-    over = httpx.post(live + PATH, content=chunks(limit + 1), timeout=30,
+    over = httpx.post(live + WEBHOOK_PATH, content=chunks(limit + 1), timeout=30,
                       headers={"runinfra-signature": "t=1,v1=00"})
     assert_problem(over, 413, "body_too_large")
-    at = httpx.post(live + PATH, content=chunks(limit), timeout=30, headers={"runinfra-signature": "t=1,v1=00"})
+    at = httpx.post(live + WEBHOOK_PATH, content=chunks(limit), timeout=30, headers={"runinfra-signature": "t=1,v1=00"})
     assert_problem(at, 401, "signature_mismatch")
 
 
@@ -334,7 +328,7 @@ def test_a_one_byte_a_second_client_gets_408_while_others_are_served(live: str, 
     def slow_client() -> None:
         with socket.create_connection((host, port), timeout=30) as s:
             s.sendall(b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                      b"runinfra-signature: %s\r\n%s\r\n\r\n" % (PATH.encode(), signature.encode(), framing))
+                      b"runinfra-signature: %s\r\n%s\r\n\r\n" % (WEBHOOK_PATH.encode(), signature.encode(), framing))
             started = time.monotonic()
             with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                 for i in range(len(body)):
@@ -371,7 +365,7 @@ def test_many_slow_clients_at_once_do_not_starve_the_receiver(live: str) -> None
     try:
         for _ in range(50):
             s = socket.create_connection((host, port), timeout=30)
-            s.sendall(b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{" % PATH.encode())
+            s.sendall(b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{" % WEBHOOK_PATH.encode())
             stalled.append(s)
         time.sleep(0.2)
         assert_healthy(live)
@@ -389,7 +383,7 @@ def test_a_client_that_disconnects_mid_body_leaves_no_error_behind(live: str) ->
     with structlog.testing.capture_logs() as logs:
         for _ in range(3):
             with socket.create_connection((host, port), timeout=10) as s:
-                s.sendall(b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"id\"" % PATH.encode())
+                s.sendall(b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"id\"" % WEBHOOK_PATH.encode())
                 time.sleep(0.1)
         time.sleep(0.3)
     assert not [e for e in logs if e["log_level"] in {"error", "critical"}], logs

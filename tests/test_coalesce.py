@@ -8,6 +8,8 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 from runinfra_webhooks.service.storage.coalesce import Coalescer
 
+from tests.redis_server import as_async_db
+
 # Returns its argument, or fails with a script error when asked to.
 ECHO = """
 if ARGV[1] == 'boom' then return redis.error_reply('ERR boom') end
@@ -33,6 +35,7 @@ async def test_concurrent_calls_share_round_trips(redis: Redis) -> None:
 
 
 async def test_an_error_reply_fails_only_its_own_call(redis: Redis) -> None:
+    """A script's error reply fails only the call that caused it; the calls around it get their replies."""
     echo = Coalescer(redis).script(ECHO)
     results = await asyncio.gather(echo(keys=["n"], args=["a"]), echo(keys=["n"], args=["boom"]),
                                    echo(keys=["n"], args=["b"]), return_exceptions=True)
@@ -51,9 +54,10 @@ async def test_a_script_redis_forgot_is_loaded_again_and_runs_once(redis: Redis)
 
 
 async def test_plain_commands_share_the_round_trip_with_their_replies_parsed(redis: Redis) -> None:
+    """Plain commands share the scripts' round trips, each reply parsed as redis-py parses it."""
     coalescer = Coalescer(redis)
     echo = coalescer.script(ECHO)
-    await redis.sadd("set", "a", "b")
+    await as_async_db(redis).sadd("set", "a", "b")
     await echo(keys=["n"], args=["warm"])
     before = await reads_processed(redis)
     results = await asyncio.gather(*(coalescer.command("SMEMBERS", "set") for _ in range(20)),

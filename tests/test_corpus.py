@@ -22,17 +22,19 @@ from runinfra_webhooks.handlers.corpus import (
 )
 from runinfra_webhooks.service.storage import keys
 
+from tests.redis_server import as_async_db
+
 
 def lines(*docs: tuple[str, str]) -> list[str]:
     return [json.dumps({"id": i, "text": t}) + "\n" for i, t in docs]
 
 
 async def ids_of(redis: Redis, collection: str) -> list[str]:
-    return [i.decode() for i in await redis.lrange(keys.corpus_ids(collection), 0, -1)]
+    return [i.decode() for i in await as_async_db(redis).lrange(keys.corpus_ids(collection), 0, -1)]
 
 
 async def meta_of(redis: Redis, collection: str) -> dict[str, str]:
-    raw = await redis.hgetall(keys.corpus_meta(collection))
+    raw = await as_async_db(redis).hgetall(keys.corpus_meta(collection))
     return {k.decode(): v.decode() for k, v in raw.items()}
 
 
@@ -99,7 +101,7 @@ async def test_load_stores_ids_in_order_texts_and_model_binding(redis: Redis) ->
     count = await load_corpus(redis, lines(("b", "bee"), ("a", "ay"), ("c", "see")), collection="docs", model="m1")
     assert count == 3
     assert await ids_of(redis, "docs") == ["b", "a", "c"]
-    assert await redis.hget(keys.corpus_docs("docs"), "a") == b"ay"
+    assert await as_async_db(redis).hget(keys.corpus_docs("docs"), "a") == b"ay"
     assert (await meta_of(redis, "docs"))["model"] == "m1"
     assert await collections_for_model(redis, "m1") == ["docs"]
 
@@ -109,7 +111,7 @@ async def test_reload_updates_text_without_duplicating_id(redis: Redis) -> None:
     await load_corpus(redis, lines(("a", "old"), ("b", "bee")), collection="docs", model="m")
     await load_corpus(redis, lines(("c", "see"), ("a", "new")), collection="docs", model="m")
     assert await ids_of(redis, "docs") == ["a", "b", "c"]
-    assert await redis.hget(keys.corpus_docs("docs"), "a") == b"new"
+    assert await as_async_db(redis).hget(keys.corpus_docs("docs"), "a") == b"new"
 
 
 async def test_rebinding_to_another_model_moves_collection(redis: Redis) -> None:
@@ -178,7 +180,7 @@ async def test_commit_of_stored_batch_is_a_no_op(redis: Redis) -> None:
     assert build is not None
     assert await commit_batch(redis, build, 0, [[1.0], [2.0]])
     assert not await commit_batch(redis, build, 0, [[9.0], [9.0]])
-    assert await redis.hget(keys.corpus_vectors("docs", "r1"), "a") == b"[1.0]"
+    assert await as_async_db(redis).hget(keys.corpus_vectors("docs", "r1"), "a") == b"[1.0]"
     assert await redis.get(keys.corpus_progress("docs", "r1")) == b"1"
 
 

@@ -19,6 +19,7 @@ from runinfra_webhooks.service.storage import keys
 
 from tests.builders import example_event
 from tests.conftest import make_settings
+from tests.redis_server import as_async_db
 from tests.stubserver import STUB_API_KEY, StubServer
 
 MODEL = "bge-m3"
@@ -147,7 +148,7 @@ async def test_stores_vectors_with_model_and_revision_for_export(runner: Runner,
     await load_corpus(redis, docs(3), collection="kb", model=MODEL)
     await runner.run(ready())
 
-    meta = await redis.hgetall(keys.corpus_meta("kb"))
+    meta = await as_async_db(redis).hgetall(keys.corpus_meta("kb"))
     assert meta[b"revision"] == b"rev_0001"
     assert not await redis.exists(keys.corpus_progress("kb", "rev_0001"))
     rows = await exported(redis, "kb")
@@ -217,7 +218,7 @@ async def test_ignores_deployments_of_other_modalities(runner: Runner, redis: Re
     await load_corpus(redis, docs(3), collection="kb", model=MODEL)
     await runner.run(ready(modality="llm"))
     assert runner.stub.calls() == []
-    assert b"revision" not in await redis.hgetall(keys.corpus_meta("kb"))
+    assert b"revision" not in await as_async_db(redis).hgetall(keys.corpus_meta("kb"))
 
 
 async def test_embeds_only_collections_bound_to_the_event_model(runner: Runner, redis: Redis) -> None:
@@ -227,7 +228,7 @@ async def test_embeds_only_collections_bound_to_the_event_model(runner: Runner, 
     await load_corpus(redis, docs(1, "other"), collection="c", model="other-model")
     await runner.run(ready())
     assert sorted(c["body"]["input"][0] for c in runner.embed_calls()) == ["alpha 0", "beta 0"]
-    assert await redis.hget(keys.corpus_meta("c"), "revision") is None
+    assert await as_async_db(redis).hget(keys.corpus_meta("c"), "revision") is None
 
 
 async def test_updated_revision_reembeds_and_drops_previous_vectors(runner: Runner, redis: Redis) -> None:

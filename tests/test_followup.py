@@ -164,7 +164,7 @@ def test_failed_write_keeps_previous_file_and_no_temp(tmp_path: Path, monkeypatc
     def broken_replace(src: str, dst: Path) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(followup.os, "replace", broken_replace)
+    monkeypatch.setattr(os, "replace", broken_replace)
     with pytest.raises(OSError, match="disk full"):
         followup.write_atomically(target, b"new")
     assert target.read_bytes() == b"old"

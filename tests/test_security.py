@@ -14,7 +14,7 @@ import shlex
 import subprocess
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass, field
 from itertools import product
 from pathlib import Path
@@ -30,18 +30,25 @@ from runinfra_webhooks.service.core.signature import Outcome, sign, verify
 from runinfra_webhooks.service.receiver.app import create_app
 from runinfra_webhooks.service.storage import keys
 
-from tests.builders import OLD_SECRET, SECRET, example_event, signed_delivery
-from tests.conftest import LeakWatch, make_settings
-from tests.processes import STUB_KEY, receiver_process, stack_env, wait_until, worker_process
-from tests.redis_server import RedisServer, free_port
+from tests.builders import OLD_SECRET, SECRET, example_event, post_delivery, signed_delivery
+from tests.conftest import make_settings
+from tests.leakwatch import LeakWatch
+from tests.processes import receiver_process, stack_env, wait_until, worker_process
+from tests.redis_server import Db, RedisServer, free_port
 from tests.servers import serve_in_thread
-from tests.stubserver import StubServer, start_gateway_stub
+from tests.stubserver import STUB_API_KEY, StubServer
 
 ROOT = Path(__file__).resolve().parent.parent
-PATH = "/webhooks/runinfra"
 NOW = 1_764_086_400
 SECRETS = (SECRET.encode(), OLD_SECRET.encode())
 V1 = re.compile(r"v1=([^,]*)")
+
+
+def _v1_of(header: str) -> str:
+    """The first v1 signature of a ``runinfra-signature`` header."""
+    match = V1.search(header)
+    assert match is not None, header
+    return match.group(1)
 
 
 # --- what must never leak ------------------------------------------------------------------------------
@@ -49,7 +56,7 @@ V1 = re.compile(r"v1=([^,]*)")
 class Needles:
     """The secrets, the gateway key, and every signature the server computed or received."""
 
-    strings: set[str] = field(default_factory=lambda: {SECRET, OLD_SECRET, STUB_KEY})
+    strings: set[str] = field(default_factory=lambda: {SECRET, OLD_SECRET, STUB_API_KEY})
 
     def add_delivery(self, body: bytes, header: str | None) -> None:
         """Every v1 the receiver computes for this delivery (one per configured secret), and every v1 sent."""
@@ -59,7 +66,7 @@ class Needles:
         for t in stamps:
             if re.fullmatch(r"0|[1-9][0-9]{0,11}", t.strip()):
                 for secret in (SECRET, OLD_SECRET):
-                    self.strings.add(V1.search(sign(body, secret, int(t))).group(1))  # type: ignore[union-attr]
+                    self.strings.add(_v1_of(sign(body, secret, int(t))))
         self.strings.update(v.strip() for v in V1.findall(header) if len(v.strip()) >= 16)
 
     def found_in(self, text: str) -> list[str]:
@@ -74,7 +81,7 @@ class Sender:
 
     def post(self, body: bytes, headers: dict[str, str]) -> httpx.Response:
         self.needles.add_delivery(body, headers.get("runinfra-signature"))
-        resp = httpx.post(self.url + PATH, content=body, headers=headers, timeout=30)
+        resp = post_delivery(self.url, body, headers)
         self.answers.append(resp)
         return resp
 
@@ -137,29 +144,21 @@ def assert_answers_leak_nothing(answers: list[httpx.Response], needles: Needles)
             assert resp.headers["content-type"] == "application/problem+json"
 
 
-@pytest.fixture(scope="module")
-def stub() -> Iterator[StubServer]:
-    with start_gateway_stub() as server:
-        yield server
-
-
 def test_real_processes_log_no_secret_key_or_signature(
-    redis_url: str, stub: StubServer, tmp_path: Path
+    redis_url: str, db: Db, stub: StubServer, tmp_path: Path
 ) -> None:
     """Receiver and worker processes at debug level, through every kind of delivery and gateway call.
 
     Their complete output (and every answer body) must not contain either webhook secret, the gateway API
     key, or any v1 signature the receiver computed or was sent.
     """
-    stub.reset()
     env = stack_env(redis_url, stub.base_url, tmp_path / "artifacts", RUNINFRA_LOG_LEVEL="debug",
                     RUNINFRA_CHAT_MODEL="llama-3.1-8b", RUNINFRA_MAX_ATTEMPTS="2")
     needles = Needles()
     receiver_log, worker_log = tmp_path / "receiver.out", tmp_path / "worker.out"  # not *.log: scanned here
-    redis = sync_redis.Redis.from_url(redis_url)
 
     def state(event_id: str) -> str:
-        return (redis.hget(keys.event(event_id), "state") or b"").decode()
+        return (db.hget(keys.event(event_id), "state") or b"").decode()
 
     def settle(outcomes: dict[str, str]) -> None:
         def settled() -> bool:
@@ -206,7 +205,7 @@ def test_the_suite_wide_leak_watch_catches_what_it_should(leak_watch: LeakWatch,
     body = b'{"id":"evt_watch"}'
     header = sign(body, SECRET, NOW)
     structlog.get_logger("test").info("oops", header=header)
-    (tmp_path / "proc.log").write_text(f"starting with key {STUB_KEY}\n")
+    (tmp_path / "proc.log").write_text(f"starting with key {STUB_API_KEY}\n")
     leak_watch.scan_files(tmp_path)
     import logging
 
@@ -234,7 +233,7 @@ def compare_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[bytes, bytes]]:
 
 
 def _expected(body: bytes, t: int) -> list[bytes]:
-    return [V1.search(sign(body, s, t)).group(1).encode() for s in SECRETS]  # type: ignore[union-attr]
+    return [_v1_of(sign(body, s, t)).encode() for s in SECRETS]
 
 
 @pytest.mark.parametrize("case", ["first-byte-mismatch", "last-byte-mismatch", "match-first", "match-last",
@@ -251,7 +250,7 @@ def test_every_v1_is_compared_to_every_secret_with_compare_digest(
     good = _expected(body, NOW)
     first = (b"0" if good[0][:1] != b"0" else b"1") + good[0][1:]
     last = good[0][:-1] + (b"0" if good[0][-1:] != b"0" else b"1")
-    candidates = {
+    table: dict[str, list[bytes | str]] = {
         "first-byte-mismatch": [first, first, first],
         "last-byte-mismatch": [last, last, last],
         "match-first": [good[0], first, last],
@@ -259,7 +258,8 @@ def test_every_v1_is_compared_to_every_secret_with_compare_digest(
         "wrong-length": [good[0][:-2], good[0] + b"00", b""],
         "non-hex": ["\u00e9" * 32, "ZZ" * 32, "\ud800"],
         "stale-but-matching": [first, good[0], last],
-    }[case]
+    }
+    candidates = table[case]
     header = f"t={NOW}," + ",".join(
         "v1=" + (c.decode() if isinstance(c, bytes) else c) for c in candidates
     )
@@ -299,7 +299,7 @@ def test_the_live_receiver_compares_in_constant_time(
     for v1s, status in [([forged, forged, forged], 401), ([forged, good[1], forged], 202)]:
         compare_calls.clear()
         header = f"t={t}," + ",".join(f"v1={v.decode()}" for v in v1s)
-        resp = httpx.post(receiver_url + PATH, content=body, headers={"runinfra-signature": header}, timeout=10)
+        resp = post_delivery(receiver_url, body, {"runinfra-signature": header}, timeout=10)
         assert resp.status_code == status, resp.text
         assert sorted(compare_calls) == sorted(product(v1s, good))
 
@@ -347,6 +347,7 @@ def test_the_image_runs_as_a_non_root_user() -> None:
 
 
 def test_the_image_starts_the_receiver_via_the_console_script() -> None:
+    """The image's final stage starts `runinfra-webhooks serve`, the console script, without shell quoting."""
     instructions = _dockerfile_instructions()
     last_from = max(i for i, (word, _) in enumerate(instructions) if word == "FROM")
     final = instructions[last_from:]
@@ -379,7 +380,7 @@ def _readyz(url: str) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def _app_on(redis_url: str, tmp_path: Path) -> Iterator[tuple[str, list[dict[str, Any]]]]:
+def _app_on(redis_url: str, tmp_path: Path) -> Iterator[tuple[str, list[MutableMapping[str, Any]]]]:
     """The receiver in-process, with the log events of its start-up captured."""
     with structlog.testing.capture_logs() as logs, serve_in_thread(create_app(make_settings(redis_url, tmp_path))) \
             as url:
@@ -408,7 +409,8 @@ def test_rdb_without_aof_still_warns(own_redis: RedisServer, tmp_path: Path) -> 
     assert "AOF is off" in startup["warning"] and ready["persistence"]["warning"] == startup["warning"]
 
 
-def test_aof_on_means_no_warning(tmp_path: Path) -> None:
+def test_aof_on_gives_no_persistence_warning(tmp_path: Path) -> None:
+    """With AOF on, start-up logs no persistence warning and /readyz reports none."""
     (tmp_path / "aof").mkdir()
     with RedisServer(tmp_path / "aof", appendonly=True) as server:
         with _app_on(server.url, tmp_path) as (url, logs):

@@ -1,4 +1,4 @@
-"""The signature scheme of CONTRACT §2: the contract's vectors, signing, rotation and check order."""
+"""The signature scheme: the contract's vectors, signing, rotation and check order."""
 
 from __future__ import annotations
 

@@ -14,24 +14,14 @@ from typing import Any
 
 import httpx
 import pytest
-import redis as sync_redis
 
-from tests.builders import example_event, signed_delivery
+from tests.builders import example_event, post_delivery, signed_delivery
 from tests.processes import Proc, stack_env, wait_until, worker_process
 from tests.stubserver import StubServer, start_gateway_stub
-
-PATH = "/webhooks/runinfra"
-
-
-@pytest.fixture(scope="module")
-def stub() -> Iterator[StubServer]:
-    with start_gateway_stub() as server:
-        yield server
 
 
 @pytest.fixture
 def env(redis_url: str, stub: StubServer, tmp_path: Path) -> dict[str, str]:
-    stub.reset()
     return stack_env(redis_url, stub.base_url, tmp_path / "artifacts")
 
 
@@ -41,14 +31,9 @@ def worker(env: dict[str, str], tmp_path: Path) -> Iterator[Proc]:
         yield proc
 
 
-@pytest.fixture
-def db(redis_url: str) -> sync_redis.Redis:
-    return sync_redis.Redis.from_url(redis_url)
-
-
 def deliver(receiver_url: str, event: dict[str, Any]) -> httpx.Response:
     body, headers = signed_delivery(event)
-    return httpx.post(receiver_url + PATH, content=body, headers=headers, timeout=30)
+    return post_delivery(receiver_url, body, headers)
 
 
 def cli(env: dict[str, str], *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -177,7 +162,7 @@ def test_duplicate_storm_charges_one_speech(
     body, headers = signed_delivery(event)
     with ThreadPoolExecutor(50) as pool:
         statuses = list(pool.map(
-            lambda _: httpx.post(receiver_url + PATH, content=body, headers=headers, timeout=30).json()["status"],
+            lambda _: post_delivery(receiver_url, body, headers).json()["status"],
             range(50)))
     assert statuses.count("queued") == 1
     wait_state(env, event["id"], "succeeded")

@@ -46,8 +46,9 @@ async def test_freed_slots_are_refilled_from_the_same_poll(redis: Redis, redis_u
 
 
 async def test_a_job_running_here_is_not_checked_again_in_redis(redis_url: str, tmp_path: Path) -> None:
+    """A job already running in this worker is skipped without asking Redis (down here) about it."""
     worker = build_worker(make_settings(redis_url, tmp_path), burst=True)
-    worker._pool = DownPool()  # type: ignore[assignment]
+    worker._pool = DownPool()  # type: ignore[assignment]  # a stand-in that fails like an unreachable Redis
     running = asyncio.ensure_future(asyncio.sleep(10))
     worker.tasks["evt_x@0"] = running
     try:

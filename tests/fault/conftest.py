@@ -7,7 +7,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis as sync_redis
 
 from tests.processes import receiver_process, stack_env
 from tests.redis_server import RedisServer
@@ -30,10 +29,10 @@ def redis_aof(tmp_path: Path) -> Iterator[RedisServer]:
 
 
 @pytest.fixture
-def db(redis_aof: RedisServer) -> Iterator[sync_redis.Redis]:
-    client = redis_aof.client()
-    yield client
-    client.close()
+def redis_url(redis_aof: RedisServer) -> str:
+    """Here the test's database is on its own AOF server (which it may kill), so ``db``, ``redis`` and
+    ``settings`` reach that one, not the suite's shared server."""
+    return redis_aof.url
 
 
 @pytest.fixture

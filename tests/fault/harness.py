@@ -21,14 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import redis as sync_redis
 from runinfra_webhooks.service.storage import keys
 
-from tests.builders import example_event, signed_delivery
+from tests.builders import WEBHOOK_PATH, example_event, signed_delivery
 from tests.processes import Proc, wait_until
+from tests.redis_server import Db
 from tests.stubserver import StubServer
 
-PATH = "/webhooks/runinfra"
 FINAL = ("succeeded", "dead_lettered", "ignored")
 IN_FLIGHT = ("queued", "processing", "retrying")
 SCALE = float(os.environ.get("RWH_FAULT_SCALE", "1"))
@@ -79,7 +78,7 @@ def post_concurrently(url: str, bodies: list[tuple[bytes, dict[str, str]]], *, t
         async def one(body: bytes, headers: dict[str, str]) -> Any:
             async with gate:
                 await start.wait()
-                lines = [f"POST {PATH} HTTP/1.1", f"host: {host}:{port}", f"content-length: {len(body)}",
+                lines = [f"POST {WEBHOOK_PATH} HTTP/1.1", f"host: {host}:{port}", f"content-length: {len(body)}",
                          "connection: close", *(f"{k}: {v}" for k, v in headers.items())]
                 try:
                     async with asyncio.timeout(timeout):
@@ -113,7 +112,7 @@ def deliver_until_acked(client: httpx.Client, url: str, event: dict[str, Any], *
     while True:
         body, headers = signed_delivery(event)
         try:
-            r = client.post(url + PATH, content=body, headers=headers)
+            r = client.post(url + WEBHOOK_PATH, content=body, headers=headers)
         except httpx.HTTPError as exc:
             label = f"error_{type(exc).__name__}"
         else:
@@ -223,25 +222,24 @@ class SteadySender:
 
 
 # --- reading state ------------------------------------------------------------------------------------
-def records(db: sync_redis.Redis, ids: Iterable[str]) -> dict[str, dict[str, str]]:
+def records(db: Db, ids: Iterable[str]) -> dict[str, dict[str, str]]:
     """event id -> its record (without the body), read in one pipeline."""
     ids = list(ids)
+    names = ["state", "attempts", "generation", "received_ms", "updated_ms", "reason", "last_error"]
     pipe = db.pipeline(transaction=False)
     for i in ids:
-        pipe.hmget(keys.event(i), "state", "attempts", "generation", "received_ms", "updated_ms", "reason",
-                   "last_error")
+        pipe.hmget(keys.event(i), names)
     out = {}
-    names = ("state", "attempts", "generation", "received_ms", "updated_ms", "reason", "last_error")
     for i, values in zip(ids, pipe.execute(), strict=True):
         out[i] = {n: (v.decode() if v is not None else "") for n, v in zip(names, values, strict=True)}
     return out
 
 
-def states(db: sync_redis.Redis, ids: Iterable[str]) -> Counter[str]:
+def states(db: Db, ids: Iterable[str]) -> Counter[str]:
     return Counter(r["state"] or "missing" for r in records(db, ids).values())
 
 
-def wait_final(db: sync_redis.Redis, ids: list[str], *, timeout: float, what: str,
+def wait_final(db: Db, ids: list[str], *, timeout: float, what: str,
                procs: Iterable[Proc] = ()) -> dict[str, dict[str, str]]:
     """Poll until every event is final (succeeded / dead-lettered / ignored); fail with a summary and the
     tail of the workers' logs past the timeout. The timeout grows with RWH_FAULT_SCALE."""
@@ -255,7 +253,7 @@ def wait_final(db: sync_redis.Redis, ids: list[str], *, timeout: float, what: st
     return records(db, ids)
 
 
-def in_flight_ids(db: sync_redis.Redis, ids: list[str]) -> set[str]:
+def in_flight_ids(db: Db, ids: list[str]) -> set[str]:
     """Events being worked on right now: state processing, or an arq in-progress key for their job."""
     busy = {i for i, r in records(db, ids).items() if r["state"] == "processing"}
     for key in db.scan_iter(match=keys.ARQ_IN_PROGRESS + "*", count=1000):

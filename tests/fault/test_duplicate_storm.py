@@ -1,5 +1,5 @@
 """Duplicate storm: 1,000 concurrent deliveries of 100 distinct events -> 100 queued, 900 duplicates,
-100 reactions, 100 charges (contract §5 dedup, §7 one charge per logical call)."""
+100 reactions, 100 charges (deduplication, and one charge per logical call)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-import redis as sync_redis
 from runinfra_webhooks.service.storage import keys
 
 from tests.builders import signed_delivery
@@ -23,13 +22,16 @@ from tests.fault.harness import (
     wait_final,
     workers,
 )
+from tests.redis_server import Db
 from tests.stubserver import StubServer
 
 pytestmark = pytest.mark.fault
 
 
-def test_duplicate_storm(receiver: str, env: dict[str, str], stub: StubServer, db: sync_redis.Redis,
-                         tmp_path: Path) -> None:
+def test_a_duplicate_storm_queues_runs_and_charges_each_event_once(
+    receiver: str, env: dict[str, str], stub: StubServer, db: Db, tmp_path: Path
+) -> None:
+    """1,000 concurrent deliveries of 100 events: each queued once, run once and charged once."""
     distinct, copies = scaled(100), 10
     events = [transcription(i, "storm") for i in range(distinct)]
     # Each copy is signed on its own, as RunInfra's retries are; all of them are in flight at once.

@@ -1,6 +1,6 @@
 """Gateway storm: 30 % of gateway calls answer 5xx or 429, or time out.
 
-Promise (contract §7): transient failures are retried with the same Idempotency-Key (inline, then by the
+Promise: transient failures are retried with the same Idempotency-Key (inline, then by the
 job), so every event ends succeeded and every logical call is charged exactly once. Each event makes two
 logical calls here (a chat reply, then speech), so a retry after the first succeeded must not repeat it.
 
@@ -16,7 +16,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-import redis as sync_redis
 
 from tests.fault.harness import (
     charges,
@@ -29,7 +28,7 @@ from tests.fault.harness import (
     workers,
 )
 from tests.processes import stack_env
-from tests.redis_server import RedisServer
+from tests.redis_server import Db, RedisServer
 from tests.stubserver import StubServer
 
 pytestmark = pytest.mark.fault
@@ -38,8 +37,9 @@ RATES = {"500": 0.06, "502": 0.04, "503": 0.05, "429": 0.09, "timeout": 0.06}  #
 
 
 def test_gateway_storm_ends_succeeded_with_one_charge_per_call(
-    receiver: str, stub: StubServer, redis_aof: RedisServer, db: sync_redis.Redis, tmp_path: Path
+    receiver: str, stub: StubServer, redis_aof: RedisServer, db: Db, tmp_path: Path
 ) -> None:
+    """Through 30 % failing gateway calls every event succeeds, each logical call charged exactly once."""
     n = scaled(200)
     events = [transcription(i, "gateway-storm") for i in range(n)]
     ids = [e["id"] for e in events]

@@ -2,7 +2,7 @@
 
 The poison is a transcription.completed whose speech call always fails (the gateway answers 503 to every
 /v1/audio/speech request), so the real follow-up handler raises a transient error on every attempt.
-Promise (contract §7, issue #3): it is dead-lettered after RUNINFRA_MAX_ATTEMPTS attempts, never charged,
+Promise: it is dead-lettered after RUNINFRA_MAX_ATTEMPTS attempts, never charged,
 and the events delivered after it are not held up: they all finish while the poison is still retrying.
 """
 
@@ -13,7 +13,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-import redis as sync_redis
 from runinfra_webhooks.service.storage import keys
 
 from tests.fault.harness import (
@@ -27,7 +26,7 @@ from tests.fault.harness import (
     wait_final,
 )
 from tests.processes import Proc, stack_env, wait_until
-from tests.redis_server import RedisServer
+from tests.redis_server import Db, RedisServer
 from tests.stubserver import StubServer
 
 pytestmark = pytest.mark.fault
@@ -36,8 +35,9 @@ MAX_ATTEMPTS = 5
 
 
 def test_poison_event_is_dead_lettered_without_delaying_the_rest(
-    receiver: str, stub: StubServer, redis_aof: RedisServer, db: sync_redis.Redis, tmp_path: Path
+    receiver: str, stub: StubServer, redis_aof: RedisServer, db: Db, tmp_path: Path
 ) -> None:
+    """An event whose handler always fails is dead-lettered after its attempts, uncharged, delaying nothing."""
     stub.set_faults(route="/v1/audio/speech", rates={"503": 1.0}, retry_after=1)
     # Each attempt: a 503, 1 s (Retry-After), a 503, then the job is deferred 1 s: about 2 s per attempt.
     # Few slots, so a poison that held one would show up in the others' latency.

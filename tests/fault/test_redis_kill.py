@@ -1,6 +1,6 @@
 """Redis SIGKILLed during a steady load and restarted from its AOF (appendfsync always).
 
-Promise (contract §5): every delivery that got a 2xx is processed, none runs twice (gateway charges =
+Promise: every delivery that got a 2xx is processed, none runs twice (gateway charges =
 logical calls); while Redis is down deliveries get 503 and /readyz is 503 (RunInfra retries those); the
 receiver and the worker ride the outage out as the same processes, nobody restarts them.
 """
@@ -14,7 +14,6 @@ from typing import Any
 
 import httpx
 import pytest
-import redis as sync_redis
 from runinfra_webhooks.service.storage import keys
 
 from tests.fault.harness import (
@@ -32,7 +31,7 @@ from tests.fault.harness import (
     workers,
 )
 from tests.processes import wait_until
-from tests.redis_server import RedisServer
+from tests.redis_server import Db, RedisServer
 from tests.stubserver import StubServer
 
 pytestmark = pytest.mark.fault
@@ -46,8 +45,9 @@ def status(url: str) -> int:
 
 
 def test_redis_sigkill_under_load_loses_nothing(receiver: str, env: dict[str, str], stub: StubServer,
-                                                 redis_aof: RedisServer, db: sync_redis.Redis,
+                                                 redis_aof: RedisServer, db: Db,
                                                  tmp_path: Path) -> None:
+    """Redis SIGKILLed twice under load: 503 while it is down, then every acknowledged event runs once."""
     n = scaled(400)
     events = [transcription(i, "redis-kill") for i in range(n)]
     ids = [e["id"] for e in events]
@@ -59,8 +59,10 @@ def test_redis_sigkill_under_load_loses_nothing(receiver: str, env: dict[str, st
         [worker] = procs
         sender = SteadySender(receiver, events, threads=4, rate=10).start()
         for when in (0.25, 0.6):  # two outages, each while the load runs
-            wait_until(lambda w=when: sender.count() >= n * w, timeout=120 * max(1, SCALE),
-                       what=f"{when:.0%} acknowledged")
+            def acknowledged(share: float = when) -> bool:
+                return sender.count() >= n * share
+
+            wait_until(acknowledged, timeout=120 * max(1, SCALE), what=f"{when:.0%} acknowledged")
             unavailable_before = sender.unavailable()
             pending = {i for i, r in records(db, sender.acked_ids()).items() if r["state"] not in FINAL}
             redis_aof.kill()
@@ -69,9 +71,14 @@ def test_redis_sigkill_under_load_loses_nothing(receiver: str, env: dict[str, st
             acked_before = sender.count()
             readyz = status(receiver + "/readyz")
             healthz = status(receiver + "/healthz")
-            wait_until(lambda u=unavailable_before: sender.unavailable() >= u + 5, timeout=60,
-                       what="deliveries answered 503 while Redis is down")
-            wait_until(lambda d=down_at: time.monotonic() - d >= 2, timeout=10, what="2 s of outage")
+            def refused(before: int = unavailable_before) -> bool:
+                return sender.unavailable() >= before + 5
+
+            def down_long_enough(since: float = down_at) -> bool:
+                return time.monotonic() - since >= 2
+
+            wait_until(refused, timeout=60, what="deliveries answered 503 while Redis is down")
+            wait_until(down_long_enough, timeout=10, what="2 s of outage")
             acked_during = sender.count() - acked_before
             redis_aof.start()  # same port, same directory: it loads the AOF
             outages.append({"down_s": time.monotonic() - down_at, "up_ms": now_ms(), "pending": pending})

@@ -25,10 +25,10 @@ import httpx
 import pytest
 from runinfra_webhooks.service.storage import keys
 
-from tests.builders import signed_delivery
-from tests.fault.harness import FINAL, PATH, deployment, records, report, wait_final, workers
+from tests.builders import WEBHOOK_PATH, signed_delivery
+from tests.fault.harness import FINAL, deployment, records, report, wait_final, workers
 from tests.processes import stack_env, started_receiver, wait_until
-from tests.redis_server import RedisServer
+from tests.redis_server import RedisServer, as_db
 from tests.sentinel import ReplicaServer, SentinelServer
 from tests.stubserver import StubServer
 
@@ -91,7 +91,7 @@ class Recorder:
                         body, headers = signed_delivery(event)
                         started = time.monotonic()
                         try:
-                            r = client.post(self.url + PATH, content=body, headers=headers)
+                            r = client.post(self.url + WEBHOOK_PATH, content=body, headers=headers)
                             label = r.json()["status"] if r.is_success else str(r.status_code)
                         except httpx.HTTPError as exc:
                             label = f"error_{type(exc).__name__}"
@@ -110,7 +110,8 @@ def acked_count(rec: Recorder, since: float = 0.0) -> int:
     return sum(a.acked and a.started >= since for a in rec.snapshot())
 
 
-def test_sentinel_failover_under_load(stub: StubServer, tmp_path: Path) -> None:
+def test_a_sentinel_failover_under_load_answers_503_then_recovers_in_place(stub: StubServer, tmp_path: Path) -> None:
+    """Primary killed under load: 503 while no master is known, then the same processes take everything."""
     t0 = time.monotonic()
     dirs = {name: tmp_path / name for name in ("primary", "replica", "sentinel")}
     for d in dirs.values():
@@ -145,7 +146,7 @@ def test_sentinel_failover_under_load(stub: StubServer, tmp_path: Path) -> None:
                 rec.stop()
             answers = rec.snapshot()
 
-            db = replica.client()  # the new primary
+            db = as_db(replica.client())  # the new primary
             acked = {a.event_id: a for a in answers if a.acked}
             before_kill = [i for i, a in acked.items() if a.started < killed_at]
             during = [i for i, a in acked.items() if killed_at <= a.started < switched_at]

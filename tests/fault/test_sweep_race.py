@@ -38,6 +38,7 @@ class WorkerFinishesMeanwhile(Records):
 
 
 async def test_sweep_does_not_mark_a_just_finished_event_lost(redis_url: str, tmp_path: Path) -> None:
+    """An event that finishes while the sweep looks at it stays succeeded, not dead-lettered as lost."""
     settings = make_settings(redis_url, tmp_path)
     redis = Redis.from_url(redis_url)
     try:

@@ -1,4 +1,4 @@
-"""A queued job that vanishes or expires from arq's keys is recovered by the sweep (contract §5).
+"""A queued job that vanishes or expires from arq's keys is recovered by the sweep.
 
 The receiver writes the arq job (``arq:job:<event id>@0``) and its queue entry (``arq:queue``) with the
 event. Before any worker runs, some jobs are deleted, some queue entries removed, some both, and some jobs
@@ -17,12 +17,11 @@ import time
 from pathlib import Path
 
 import pytest
-import redis as sync_redis
 from runinfra_webhooks.service.storage import keys
 
 from tests.fault.harness import deliver_all, now_ms, records, report, settled_charges, transcription, wait_final
 from tests.processes import Proc, wait_until
-from tests.redis_server import RedisServer
+from tests.redis_server import Db, RedisServer
 from tests.stubserver import StubServer
 
 pytestmark = pytest.mark.fault
@@ -35,9 +34,10 @@ def job_key(event_id: str) -> str:
 
 
 def test_vanished_and_expired_jobs_are_recovered_by_the_sweep(
-    receiver: str, env: dict[str, str], stub: StubServer, redis_aof: RedisServer, db: sync_redis.Redis,
+    receiver: str, env: dict[str, str], stub: StubServer, redis_aof: RedisServer, db: Db,
     tmp_path: Path
 ) -> None:
+    """Deleted, unqueued and expired arq jobs are re-queued by the sweep and end succeeded, charged once."""
     per_kind = 5
     kinds = ("job_deleted", "queue_entry_deleted", "both_deleted", "job_expired", "untouched")
     events = {kind: [transcription(i, kind) for i in range(per_kind)] for kind in kinds}

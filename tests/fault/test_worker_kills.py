@@ -1,6 +1,6 @@
 """Workers SIGKILLed again and again while 500 gateway-bound events are processed.
 
-Promise (contract §5, §7): a worker that dies mid-job loses nothing (arq re-runs the job once its
+Promise: a worker that dies mid-job loses nothing (arq re-runs the job once its
 in-progress key expires: RUNINFRA_JOB_TIMEOUT + 5 + 10 s, 20 s here) and charges nothing twice (the retry
 sends the same Idempotency-Key; the gateway replays the answer it already charged). A supervisor starts a
 new worker after each kill, as one would in production.
@@ -13,7 +13,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-import redis as sync_redis
 from runinfra_webhooks.service.storage import keys
 
 from tests.fault.harness import (
@@ -28,7 +27,7 @@ from tests.fault.harness import (
     wait_final,
 )
 from tests.processes import Proc, stack_env
-from tests.redis_server import RedisServer
+from tests.redis_server import Db, RedisServer
 from tests.stubserver import start_gateway_stub
 
 pytestmark = pytest.mark.fault
@@ -38,8 +37,9 @@ MAX_KILLS = scaled(8)
 
 
 def test_repeated_worker_sigkills_lose_nothing_and_charge_once(
-    receiver: str, redis_aof: RedisServer, db: sync_redis.Redis, tmp_path: Path
+    receiver: str, redis_aof: RedisServer, db: Db, tmp_path: Path
 ) -> None:
+    """Workers SIGKILLed again and again mid-job lose no event and charge no call twice."""
     n = scaled(500)
     events = [transcription(i, "worker-kill") for i in range(n)]
     ids = [e["id"] for e in events]
