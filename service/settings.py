@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, TypeVar, overload
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -133,8 +133,16 @@ class Settings(ReceiverSettings, WorkerSettings):
     """Everything at once, for what runs both sides in one process (tests, benchmarks)."""
 
 
-def load_settings(cls: type[S] = Settings, **overrides: Any) -> S:  # type: ignore[assignment]
-    """Build ``cls`` from the environment (and explicit overrides, by variable name).
+@overload
+def load_settings(**overrides: Any) -> Settings: ...
+
+
+@overload
+def load_settings(cls: type[S], /, **overrides: Any) -> S: ...
+
+
+def load_settings(cls: type[BaseSettings] = Settings, /, **overrides: Any) -> BaseSettings:
+    """Build ``cls`` (all settings by default) from the environment and explicit overrides, by variable name.
 
     Raises ``ConfigError`` with one line naming the first bad variable; never echoes its value, which may
     be a secret.

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
+from runinfra_webhooks.handlers.registry import Registry
 from runinfra_webhooks.service.storage import keys
 from runinfra_webhooks.service.storage.ingest import Delivery, Ingestor, IngestOutcome
 from runinfra_webhooks.service.storage.records import EventRecord, Records
@@ -51,7 +52,7 @@ async def test_sweep_does_not_mark_a_just_finished_event_lost(redis_url: str, tm
         assert await ingestor.ingest(delivery) is IngestOutcome.QUEUED
         await redis.delete(keys.ARQ_JOB + keys.job_id("evt_race", 0))  # its job vanished
         records = WorkerFinishesMeanwhile(redis, event_retention=60, dead_letter_retention=60, job_expiry_s=60)
-        deps = WorkerDeps(settings=settings, redis=redis, records=records, gateway=None)
+        deps = WorkerDeps(settings=settings, redis=redis, records=records, gateway=None, registry=Registry())
 
         result = await sweep_once(deps)
 
