@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from pydantic import BaseModel, ValidationError, create_model
+from pydantic import BaseModel, create_model
 from runinfra_webhooks.service.core.events import CATALOGUE, Envelope
 
 if TYPE_CHECKING:
@@ -129,15 +129,6 @@ class Registry:
             if r.event_type not in CATALOGUE:
                 out[r.event_type] = out.get(r.event_type, ()) + ((r.model,) if r.model is not None else ())
         return out
-
-    def data_fits(self, event_type: str, data: Any) -> bool:
-        """Whether ``data`` fits every model declared for this type outside the catalogue."""
-        for model in self.queued_types().get(event_type, ()):
-            try:
-                model.model_validate(data)
-            except ValidationError:
-                return False
-        return True
 
     def as_json(self) -> list[dict[str, Any]]:
         return [{"type": r.event_type, "handler": r.name, "origin": r.origin,
