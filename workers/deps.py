@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
 from runinfra_webhooks.service.gateway.client import GatewayClient
 from runinfra_webhooks.service.settings import Settings
 from runinfra_webhooks.service.storage.records import Records
+from runinfra_webhooks.service.tracing import NO_TRACING, Tracing
 
 __all__ = ["WorkerDeps"]
 
@@ -18,3 +19,4 @@ class WorkerDeps:
     redis: Redis
     records: Records
     gateway: GatewayClient | None  # None without RUNINFRA_API_KEY: gateway-bound reactions dead-letter
+    tracing: Tracing = field(default=NO_TRACING)

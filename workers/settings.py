@@ -21,6 +21,7 @@ from runinfra_webhooks.service.settings import Settings
 from runinfra_webhooks.service.storage import keys
 from runinfra_webhooks.service.storage.connection import STORAGE_ERRORS, arq_redis_settings
 from runinfra_webhooks.service.storage.records import Records
+from runinfra_webhooks.service.tracing import NO_TRACING, Tracing
 from runinfra_webhooks.workers.deps import WorkerDeps
 from runinfra_webhooks.workers.jobs import process_event
 from runinfra_webhooks.workers.sweep import sweep_once
@@ -107,10 +108,11 @@ async def _sweep_loop(deps: WorkerDeps) -> None:
             log.warning("sweep.failed", error=type(exc).__name__)
 
 
-def build_worker(settings: Settings, *, burst: bool = False, after_startup: Callable[[], None] | None = None
-                 ) -> Worker:
+def build_worker(settings: Settings, *, burst: bool = False, after_startup: Callable[[], None] | None = None,
+                 tracing: Tracing = NO_TRACING) -> Worker:
     """``after_startup`` runs once the worker's long-lived state exists (the ``worker`` command settles the
-    garbage collector there; tests build workers inside pytest and pass nothing)."""
+    garbage collector there; tests build workers inside pytest and pass nothing). ``tracing`` comes from
+    ``setup_tracing``: each job attempt gets its consumer span from it."""
     async def on_startup(ctx: dict[str, Any]) -> None:
         redis = ctx["redis"]
         gateway = GatewayClient.from_settings(settings) if settings.api_key is not None else None
@@ -119,6 +121,7 @@ def build_worker(settings: Settings, *, burst: bool = False, after_startup: Call
             records=Records(redis, event_retention=settings.event_retention,
                             dead_letter_retention=settings.dead_letter_retention,
                             job_expiry_s=settings.lost_deadline),
+            tracing=tracing,
         )
         ctx["deps"] = deps
         ctx["sweeper"] = asyncio.create_task(_sweep_loop(deps))

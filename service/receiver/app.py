@@ -21,6 +21,7 @@ from runinfra_webhooks.service.receiver.webhook import Receiver
 from runinfra_webhooks.service.settings import Settings
 from runinfra_webhooks.service.storage.connection import STORAGE_ERRORS, connect, persistence
 from runinfra_webhooks.service.storage.ingest import Ingestor
+from runinfra_webhooks.service.tracing import NO_TRACING, Tracing
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -33,8 +34,9 @@ __all__ = ["create_app"]
 log = structlog.get_logger("service.app")
 
 
-def create_app(settings: Settings, *, redis: Redis | None = None) -> Starlette:
-    """Build the receiver. ``redis`` may be passed in (tests); otherwise it comes from REDIS_URL."""
+def create_app(settings: Settings, *, redis: Redis | None = None, tracing: Tracing = NO_TRACING) -> Starlette:
+    """Build the receiver. ``redis`` may be passed in (tests); otherwise it comes from REDIS_URL. ``tracing``
+    (from ``setup_tracing``) adds the server span of each request and keeps its context with the record."""
     client = redis if redis is not None else connect(settings.redis_url)
     metrics = ReceiverMetrics()
     receiver = Receiver(
@@ -48,6 +50,7 @@ def create_app(settings: Settings, *, redis: Redis | None = None) -> Starlette:
         ),
         metrics=metrics,
         secrets=settings.secret_values(),
+        traceparent=tracing.current_traceparent if tracing.enabled else None,
     )
 
     @contextlib.asynccontextmanager
@@ -98,7 +101,7 @@ def create_app(settings: Settings, *, redis: Redis | None = None) -> Starlette:
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics_endpoint, methods=["GET"]),
         ],
-        middleware=[Middleware(RequestIdMiddleware)],
+        middleware=[*tracing.middleware(), Middleware(RequestIdMiddleware)],
         exception_handlers={Problem: render_problem, HTTPException: render_problem, Exception: render_problem},
         lifespan=lifespan,
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,6 +74,8 @@ class Receiver:
     ingestor: Ingestor
     metrics: ReceiverMetrics
     secrets: tuple[bytes, ...]
+    # The current span's traceparent when tracing is on (stored with the record), else None: no cost.
+    traceparent: Callable[[], str] | None = None
 
     async def endpoint(self, request: Request) -> Response:
         started = time.perf_counter()
@@ -99,7 +102,7 @@ class Receiver:
             return Delivery(
                 wanted=wanted, event_id=event_id, type=type_, created=created, header=raw_header or b"",
                 body=body, request_id=rid, secret_index=result.secret_index or 0, received_ms=now_ms,
-                reason=reason,
+                reason=reason, traceparent=self.traceparent() if self.traceparent is not None else "",
             )
 
         try:

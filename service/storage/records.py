@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from redis.asyncio import Redis
+from runinfra_webhooks.service.core.trace_context import new_traceparent, trace_id_of
 from runinfra_webhooks.service.storage import keys
 from runinfra_webhooks.service.storage.coalesce import Coalescer
 from runinfra_webhooks.service.storage.ingest import arq_job_payload
@@ -59,12 +60,14 @@ redis.call('HSET', KEYS[1], 'gateway_request_ids', cjson.encode(ids))
 return #ids
 """
 
-# KEYS: event, inflight, dead, arq queue, arq job prefix ... ARGV: event id, now, job expiry ms, new generation
+# KEYS: event, inflight, dead, arq queue, arq job prefix ... ARGV: event id, now, job expiry ms, replay traceparent
 _REPLAY = """
 if redis.call('HGET', KEYS[1], 'state') ~= 'dead_lettered' then return 0 end
 local gen = redis.call('HINCRBY', KEYS[1], 'generation', 1)
 redis.call('HSET', KEYS[1], 'state', 'queued', 'attempts', 0, 'updated_ms', ARGV[2], 'last_error', '',
   'reason', '', 'gateway_request_ids', '[]')
+-- The replay's own trace; 'traceparent' keeps the delivery's, which the replay's attempts link to.
+redis.call('HSET', KEYS[1], 'replay_traceparent', ARGV[4])
 redis.call('PERSIST', KEYS[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
@@ -116,6 +119,8 @@ class EventRecord:
     reason: str
     body: bytes = field(repr=False)
     gateway_request_ids: tuple[str, ...] = ()
+    traceparent: str = ""  # the delivery's trace (W3C), "" when it was not traced
+    replay_traceparent: str = ""  # the latest replay's trace, "" before any replay
 
     @classmethod
     def from_hash(cls, raw: dict[bytes, bytes]) -> EventRecord:
@@ -127,6 +132,7 @@ class EventRecord:
             secret_index=int(_s(raw, "secret_index", "0")), last_error=_s(raw, "last_error"),
             reason=_s(raw, "reason"), body=raw.get(b"body", b""),
             gateway_request_ids=tuple(json.loads(_s(raw, "gateway_request_ids", "[]"))),
+            traceparent=_s(raw, "traceparent"), replay_traceparent=_s(raw, "replay_traceparent"),
         )
 
     def as_json(self) -> dict[str, Any]:
@@ -136,6 +142,7 @@ class EventRecord:
             "reason": self.reason or None, "gateway_request_ids": list(self.gateway_request_ids),
             "received_ms": self.received_ms, "updated_ms": self.updated_ms, "request_id": self.request_id,
             "secret_index": self.secret_index,
+            "trace_id": trace_id_of(self.traceparent), "replay_trace_id": trace_id_of(self.replay_traceparent),
         }
 
 
@@ -195,11 +202,14 @@ class Records:
     async def add_request_id(self, event_id: str, request_id: str) -> None:
         await self._add_request_id(keys=[keys.event(event_id)], args=[request_id])
 
-    async def replay(self, event_id: str, now_ms: int) -> int:
-        """Re-queue a dead-lettered event under a new key generation; returns the generation."""
+    async def replay(self, event_id: str, now_ms: int, traceparent: str = "") -> int:
+        """Re-queue a dead-lettered event under a new key generation; returns the generation.
+
+        ``traceparent``: the trace the replay starts (the replaying request's span, when traced); without one
+        a fresh trace context is made, so a replay's attempts always share a new trace."""
         gen = await self._replay(
             keys=[keys.event(event_id), keys.INFLIGHT, keys.DEAD_LETTERS, keys.ARQ_QUEUE, keys.ARQ_JOB],
-            args=[event_id, now_ms, self._job_expiry_ms],
+            args=[event_id, now_ms, self._job_expiry_ms, traceparent or new_traceparent()],
         )
         if not gen:
             msg = f"event {event_id} is not dead-lettered"
