@@ -87,7 +87,9 @@ def tracing_requested(environ: Mapping[str, str]) -> bool:
 
 
 def setup_tracing(role: Role, environ: Mapping[str, str]) -> Tracing:
-    """Set up this process's tracing once, at its entry point; ``environ`` is normally ``os.environ``."""
+    """Set up this process's tracing once, at its entry point. ``environ`` decides whether to trace and the
+    default service name; the SDK reads its own variables (endpoint, headers, sampler...) from
+    ``os.environ``, so outside tests pass ``os.environ``."""
     if not tracing_requested(environ):
         return NO_TRACING
     try:
