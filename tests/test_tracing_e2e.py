@@ -16,13 +16,13 @@ import redis as sync_redis
 
 from tests.builders import example_event, signed_delivery
 from tests.otlp_collector import Collector, SpanRecord, otlp_collector
-from tests.processes import Proc, stack_env, started_receiver, wait_until
-from tests.redis_server import RedisServer, free_port
+from tests.processes import Proc, started_receiver, wait_until
+from tests.redis_server import RedisServer
 from tests.stubserver import StubServer
+from tests.traced_stack import STUB_SERVICE, children, consumer_spans, server_span, start_stub, traced_env
 
 PATH = "/webhooks/runinfra"
 SPEECH = "/v1/audio/speech"
-STUB_SERVICE = "gateway-emulator"
 
 
 @dataclass
@@ -34,31 +34,6 @@ class Stack:
     collector: Collector
     env: dict[str, str]
     redis: sync_redis.Redis
-
-
-def traced_env(redis_url: str, stub_url: str, tmp: Path, collector: Collector, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in stack_env(redis_url, stub_url, tmp / "artifacts", **extra).items()
-           if not k.startswith("OTEL_")}
-    # Each gateway failure is a job attempt of its own (no inline retry), and spans leave within 50 ms.
-    env.update(OTEL_EXPORTER_OTLP_ENDPOINT=collector.endpoint, OTEL_BSP_SCHEDULE_DELAY="50",
-               RUNINFRA_GATEWAY_MAX_ATTEMPTS="1")
-    return env
-
-
-def start_stub(env: dict[str, str], log: Path) -> tuple[Proc, StubServer]:
-    port = free_port()
-    proc = Proc(["gateway-stub", "--port", str(port)], {**env, "OTEL_SERVICE_NAME": STUB_SERVICE}, log)
-    stub = StubServer(root_url=f"http://127.0.0.1:{port}", api_key="sk-stub")
-
-    def up() -> bool:
-        try:
-            stub.reset()
-        except httpx.HTTPError:
-            return False
-        return True
-
-    wait_until(up, timeout=20, what="gateway emulator")
-    return proc, stub
 
 
 @pytest.fixture(scope="module")
@@ -108,20 +83,6 @@ def wait_state(env: dict[str, str], event_id: str, state: str, generation: int =
 
     wait_until(reached, timeout=40, what=f"{event_id} to be {state}", interval=0.2)
     return show(env, event_id)
-
-
-def server_span(spans: list[SpanRecord], event_trace: str | None = None) -> list[SpanRecord]:
-    return [s for s in spans if s.service == "runinfra-webhooks-receiver" and s.kind == "SERVER"
-            and (event_trace is None or s.trace_id == event_trace)]
-
-
-def consumer_spans(spans: list[SpanRecord], event_id: str) -> list[SpanRecord]:
-    found = [s for s in spans if s.kind == "CONSUMER" and s.attributes.get("runinfra.event.id") == event_id]
-    return sorted(found, key=lambda s: (s.attributes["runinfra.generation"], s.attributes["runinfra.attempt"]))
-
-
-def children(spans: list[SpanRecord], parent: SpanRecord, kind: str) -> list[SpanRecord]:
-    return [s for s in spans if s.kind == kind and s.trace_id == parent.trace_id and s.parent_span_id == parent.span_id]
 
 
 def log_lines(proc: Proc, event_id: str) -> list[dict[str, Any]]:
