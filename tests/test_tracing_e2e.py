@@ -14,9 +14,9 @@ import httpx
 import pytest
 import redis as sync_redis
 
-from tests.builders import example_event, signed_delivery
+from tests.builders import OLD_SECRET, SECRET, example_event, signed_delivery
 from tests.otlp_collector import Collector, SpanRecord, otlp_collector
-from tests.processes import Proc, started_receiver, wait_until
+from tests.processes import STUB_KEY, Proc, started_receiver, wait_until
 from tests.redis_server import RedisServer
 from tests.stubserver import StubServer
 from tests.traced_stack import STUB_SERVICE, children, consumer_spans, server_span, start_stub, traced_env
@@ -211,3 +211,19 @@ def test_a_job_the_sweep_recreates_stays_in_the_delivery_trace(tmp_path: Path) -
         (attempt,) = consumer_spans(spans, event["id"])
         assert (attempt.trace_id, attempt.parent_span_id) == (post.trace_id, post.span_id)
         assert "sweep.done" in worker.output()
+
+
+def test_no_exported_span_holds_a_secret_or_the_api_key(traced: Stack) -> None:
+    """Spans of a full delivery (server, consumer, gateway client) carry neither secret nor key nor signature."""
+    event = example_event("transcription.completed")
+    body, headers = signed_delivery(event)
+    assert httpx.post(traced.receiver_url + PATH, content=body, headers=headers, timeout=30).status_code == 202
+    spans = traced.collector.wait_for(
+        lambda spans: any(children(spans, a, "CLIENT") for a in consumer_spans(spans, event["id"])),
+        what="the delivery's gateway call")
+    mine = [s for s in spans if s.trace_id == consumer_spans(spans, event["id"])[0].trace_id]
+    text = repr(mine)
+    signature = headers["runinfra-signature"].split("v1=")[1]
+    assert len(mine) >= 3
+    for forbidden in (SECRET, OLD_SECRET, STUB_KEY, signature):
+        assert forbidden not in text
