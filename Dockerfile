@@ -1,4 +1,4 @@
-# One image for both roles: the receiver by default, the worker with `runinfra-webhooks worker`.
+# One image for every role: the receiver by default, `worker` and `console` as the command (see compose.yaml).
 FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
@@ -6,7 +6,8 @@ COPY service ./service
 COPY handlers ./handlers
 COPY workers ./workers
 COPY api ./api
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+# With the otel extra: traces are exported only when OTEL_EXPORTER_OTLP_ENDPOINT is set at run time.
+RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[otel]"
 
 FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 RUNINFRA_ARTIFACTS_DIR=/data/artifacts

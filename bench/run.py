@@ -233,7 +233,8 @@ def server_env(redis_url: str, **extra: str) -> dict[str, str]:
     return env
 
 
-def start_server(kind: str, port: int, redis_url: str, out: Path) -> subprocess.Popen[bytes]:
+def start_server(kind: str, port: int, redis_url: str, out: Path, env_extra: dict[str, str] | None = None
+                 ) -> subprocess.Popen[bytes]:
     if kind == "bare":
         cmd = [PY, "-m", "bench.bare_app", "--port", str(port)]
     elif kind.startswith("variant:"):
@@ -244,7 +245,8 @@ def start_server(kind: str, port: int, redis_url: str, out: Path) -> subprocess.
         cmd = [PY, "-m", "runinfra_webhooks", "serve", "--port", str(port)]
     # The receiver logs one JSON line per delivery to stdout, as in production; it goes to /dev/null here
     # (the rendering cost stays in the process, the write is a cheap syscall).
-    proc = subprocess.Popen([TASKSET, "-c", SERVER_CORE, *cmd], cwd=ROOT, env=server_env(redis_url),
+    env = server_env(redis_url, **(env_extra or {}))
+    proc = subprocess.Popen([TASKSET, "-c", SERVER_CORE, *cmd], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=open(out, "ab"))
     wait_port(port, proc)
     return proc
@@ -273,7 +275,8 @@ def parse_wrk(stdout: str, stderr: str) -> dict[str, Any]:
 
 # --- 1a/1b: ingest, bare vs receiver --------------------------------------------------------------
 def ingest_once(kind: str, rd: RedisProc, out: Path, tag: str, *, connections: int, duration: float,
-                warmup: float, expected_rps: int, profile: bool = False) -> dict[str, Any]:
+                warmup: float, expected_rps: int, profile: bool = False, env_extra: dict[str, str] | None = None
+                ) -> dict[str, Any]:
     port = free_port()
     rd.reset()
     n_meas = int(expected_rps * duration * 1.3) + 1000
@@ -282,7 +285,7 @@ def ingest_once(kind: str, rd: RedisProc, out: Path, tag: str, *, connections: i
     write_requests(warm_file, n_warm, f"{tag}w")
     write_requests(meas_file, n_meas, tag)
     stderr_log = out / f"{tag}-server.log"
-    proc = start_server(kind, port, rd.url, stderr_log)
+    proc = start_server(kind, port, rd.url, stderr_log, env_extra)
     spy: subprocess.Popen[bytes] | None = None
     try:
         url = f"http://127.0.0.1:{port}"
@@ -729,7 +732,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--quick", action="store_true", help="shorter runs, fewer repeats (~2 minutes)")
     p.add_argument("--only", default="ingest,breakdown,rss,drain",
-                   help="comma-separated parts: ingest, breakdown, floor, profile, rss, drain "
+                   help="comma-separated parts: ingest, breakdown, floor, profile, rss, drain, tracing "
                         "(default: ingest,breakdown,rss,drain)")
     p.add_argument("--profile", action="store_true", help="also run one receiver under py-spy")
     p.add_argument("--connections", type=int, default=50)
@@ -737,6 +740,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=None, help="interleaved ingest repeats (5; quick 2)")
     p.add_argument("--aof", action="store_true", help="run Redis with appendonly yes, appendfsync everysec")
     p.add_argument("--latency", type=float, default=0.2, help="gateway emulator latency, seconds")
+    p.add_argument("--base-rev", default=None, metavar="REV",
+                   help="tracing part: also run the receiver as of this git revision (the before of an A/B)")
     a = p.parse_args(argv)
     a.duration = a.duration or (4.0 if a.quick else 10.0)
     a.repeats = a.repeats or (2 if a.quick else 5)
@@ -749,6 +754,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a.breakdown_duration = 3.0 if a.quick else 6.0
     a.scale_repeats = 1 if a.quick else 2
     a.gateway_repeats = 1 if a.quick else 2
+    a.tracing_repeats = 2 if a.quick else 3
+    a.tracing_duration = 3.0 if a.quick else 5.0
     parts = set(a.only.split(","))
     if a.profile:
         parts.add("profile")
@@ -797,6 +804,10 @@ def main(argv: list[str] | None = None) -> None:
             summary["rss"] = bench_rss(rd, out, args)
         if "drain" in args.parts:
             summary["drain"] = bench_drain(rd, out, args)
+        if "tracing" in args.parts:
+            from bench.tracing import bench_tracing
+
+            summary["tracing"] = bench_tracing(rd, out, args)
     finally:
         rd.stop()
         shutil.rmtree(out / "redis", ignore_errors=True)
@@ -859,6 +870,10 @@ def print_summary(s: dict[str, Any]) -> None:
               f"gateway {(d['gateway2_rate'] or 0) / max(d['gateway_rate'], 1e-9):.2f}x")
         print(f"   Redis bytes per event: queued {d['bytes_per_event_queued']:.0f}, after processing "
               f"{d['bytes_per_event_processed']:.0f}; breakdown {d['memory_breakdown']}")
+    if "tracing" in s:
+        from bench.tracing import print_tracing
+
+        print_tracing(s["tracing"])
 
 
 if __name__ == "__main__":

@@ -10,10 +10,12 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
 import structlog
+from structlog.typing import Processor
 
 __all__ = ["configure_logging"]
 
@@ -38,7 +40,8 @@ def _dumps(obj: Any, **_: Any) -> bytes:
         return _STDLIB.encode(obj).encode("utf-8", "backslashreplace")
 
 
-def configure_logging(level: str = "info") -> None:
+def configure_logging(level: str = "info", *, extra_processors: Sequence[Processor] = ()) -> None:
+    """``extra_processors`` run before rendering (tracing adds the trace and span ids to each line)."""
     numeric = logging.getLevelName(level.upper())
     timestamper = structlog.processors.TimeStamper(fmt="iso", utc=True)
     handler = logging.StreamHandler(sys.stdout)
@@ -59,6 +62,7 @@ def configure_logging(level: str = "info") -> None:
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             timestamper,
+            *extra_processors,
             structlog.processors.format_exc_info,
             structlog.processors.JSONRenderer(serializer=_dumps),
         ],

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
 from runinfra_webhooks.handlers.registry import Registry
 from runinfra_webhooks.service.gateway.client import GatewayClient
 from runinfra_webhooks.service.settings import WorkerSettings
 from runinfra_webhooks.service.storage.records import Records
+from runinfra_webhooks.service.tracing import NO_TRACING, Tracing
 
 __all__ = ["WorkerDeps"]
 
@@ -20,3 +21,4 @@ class WorkerDeps:
     records: Records
     gateway: GatewayClient | None  # None without RUNINFRA_API_KEY: gateway-bound reactions dead-letter
     registry: Registry
+    tracing: Tracing = field(default=NO_TRACING)

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from runinfra_webhooks.handlers.context import HandlerContext
 from runinfra_webhooks.handlers.registry import Registration
 from runinfra_webhooks.service.core.events import CATALOGUE, Envelope, InvalidJSON, parse_event, parse_json_object
+from runinfra_webhooks.service.storage.records import EventRecord
 from runinfra_webhooks.workers.deps import WorkerDeps
 from runinfra_webhooks.workers.retry import decide
 
@@ -31,13 +32,20 @@ def _now_ms() -> int:
 
 async def process_event(ctx: dict[str, Any], event_id: str, generation: int) -> str:
     deps: WorkerDeps = ctx["deps"]
-    records, settings = deps.records, deps.settings
+    records = deps.records
     bound = log.bind(event_id=event_id, generation=generation, job_try=ctx.get("job_try"))
     record = await records.start(event_id, generation, _now_ms())
     if isinstance(record, int):
         # -1 record gone, -2 superseded by a replay, -3 already finished: a late or repeated job.
         bound.info("event.skipped", code=record)
         return "skipped"
+    # The attempt's consumer span continues the trace kept in the record (a no-op without tracing).
+    with deps.tracing.attempt(record, job_id=str(ctx.get("job_id", ""))):
+        return await _attempt(deps, record, generation, bound)
+
+
+async def _attempt(deps: WorkerDeps, record: EventRecord, generation: int, bound: Any) -> str:
+    records, settings, event_id = deps.records, deps.settings, record.event_id
     attempt = record.attempts
     bound = bound.bind(type=record.type, attempt=attempt)
 

@@ -21,6 +21,7 @@ from runinfra_webhooks.service.settings import WorkerSettings
 from runinfra_webhooks.service.storage import arq_job
 from runinfra_webhooks.service.storage.connection import STORAGE_ERRORS, arq_redis_settings
 from runinfra_webhooks.service.storage.records import Records
+from runinfra_webhooks.service.tracing import NO_TRACING, Tracing
 from runinfra_webhooks.workers.deps import WorkerDeps
 from runinfra_webhooks.workers.jobs import process_event
 from runinfra_webhooks.workers.sweep import sweep_once
@@ -100,10 +101,11 @@ async def _sweep_loop(deps: WorkerDeps) -> None:
 
 
 def build_worker(settings: WorkerSettings, *, registry: Registry | None = None, burst: bool = False,
-                 after_startup: Callable[[], None] | None = None) -> Worker:
+                 after_startup: Callable[[], None] | None = None, tracing: Tracing = NO_TRACING) -> Worker:
     """``after_startup`` runs once the worker's long-lived state exists (the ``worker`` command settles the
     garbage collector there; tests build workers inside pytest and pass nothing). ``registry`` is loaded
-    from the settings when not given (raises HandlerLoadError when a handler module does not load)."""
+    from the settings when not given (raises HandlerLoadError when a handler module does not load).
+    ``tracing`` comes from ``setup_tracing``: each job attempt gets its consumer span from it."""
     handlers = registry if registry is not None else load_registry(
         builtin=settings.builtin_reactions, modules=settings.handler_modules)
     async def on_startup(ctx: dict[str, Any]) -> None:
@@ -114,6 +116,7 @@ def build_worker(settings: WorkerSettings, *, registry: Registry | None = None, 
             records=Records(redis, event_retention=settings.event_retention,
                             dead_letter_retention=settings.dead_letter_retention,
                             job_expiry_s=settings.lost_deadline),
+            tracing=tracing,
         )
         ctx["deps"] = deps
         ctx["sweeper"] = asyncio.create_task(_sweep_loop(deps))

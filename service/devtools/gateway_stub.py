@@ -26,19 +26,22 @@ import hmac
 import io
 import json
 import math
+import os
 import sys
 import time
 import uuid
 import wave
 from array import array
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
 import uvicorn
 from runinfra_webhooks.service.devtools.gateway_stub_state import TIMEOUT, Fault, FaultPlan, StoredResponse, StubState
+from runinfra_webhooks.service.tracing import setup_tracing
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -227,6 +230,7 @@ class _Stub:
                 "status": None,
                 "fault": None,
                 "request_id": None,
+                "traceparent": request.headers.get("traceparent"),
                 "body": body,
             }
             self.state.calls.append(call)
@@ -318,8 +322,10 @@ async def _http_exception(request: Request, exc: Exception) -> Response:
     return _respond(_error(exc.status_code, exc.detail), dict(exc.headers or {}))
 
 
-def create_stub_app(*, api_key: str | None = "sk-stub", latency: float = 0.0) -> Starlette:
-    """The stub as an ASGI app; ``api_key=None`` turns auth off, ``latency`` delays every inference."""
+def create_stub_app(*, api_key: str | None = "sk-stub", latency: float = 0.0,
+                    middleware: Sequence[Middleware] = ()) -> Starlette:
+    """The stub as an ASGI app; ``api_key=None`` turns auth off, ``latency`` delays every inference,
+    ``middleware`` wraps it (tracing's server spans, when the OTEL_* variables ask for them)."""
     stub = _Stub(api_key, StubState(latency=latency))
 
     @asynccontextmanager
@@ -337,13 +343,15 @@ def create_stub_app(*, api_key: str | None = "sk-stub", latency: float = 0.0) ->
         Route("/_stub/faults", stub.faults, methods=["POST"]),
         Route("/_stub/reset", stub.reset, methods=["POST"]),
     ]
-    return Starlette(routes=routes, exception_handlers={HTTPException: _http_exception}, lifespan=lifespan)
+    return Starlette(routes=routes, exception_handlers={HTTPException: _http_exception}, lifespan=lifespan,
+                     middleware=list(middleware))
 
 
 def run_stub(host: str, port: int, *, api_key: str | None, latency: float) -> None:
-    """Serve the stub with uvicorn until interrupted."""
+    """Serve the stub with uvicorn until interrupted; traced like the service when OTEL_* asks for it."""
+    tracing = setup_tracing("gateway-stub", os.environ)
     uvicorn.run(
-        create_stub_app(api_key=api_key, latency=latency),
+        create_stub_app(api_key=api_key, latency=latency, middleware=tracing.middleware()),
         host=host,
         port=port,
         ws="none",

@@ -22,6 +22,7 @@ from runinfra_webhooks.service.receiver.webhook import Receiver
 from runinfra_webhooks.service.settings import ReceiverSettings
 from runinfra_webhooks.service.storage.connection import STORAGE_ERRORS, connect, persistence
 from runinfra_webhooks.service.storage.ingest import Ingestor
+from runinfra_webhooks.service.tracing import NO_TRACING, Tracing
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -34,12 +35,13 @@ __all__ = ["create_app"]
 log = structlog.get_logger("service.app")
 
 
-def create_app(settings: ReceiverSettings, *, redis: Redis | None = None, registry: Registry | None = None
-               ) -> Starlette:
+def create_app(settings: ReceiverSettings, *, redis: Redis | None = None, registry: Registry | None = None,
+               tracing: Tracing = NO_TRACING) -> Starlette:
     """Build the receiver. ``redis`` may be passed in (tests); otherwise it comes from REDIS_URL.
 
     ``registry`` says which types outside the catalogue are queued; by default it is loaded from the settings
-    (raises HandlerLoadError when a handler module does not load).
+    (raises HandlerLoadError when a handler module does not load). ``tracing`` (from ``setup_tracing``) adds
+    the server span of each request and keeps its context with the record.
     """
     if registry is None:
         registry = load_registry(builtin=settings.builtin_reactions, modules=settings.handler_modules)
@@ -57,6 +59,7 @@ def create_app(settings: ReceiverSettings, *, redis: Redis | None = None, regist
         metrics=metrics,
         secrets=settings.secret_values(),
         extra_types=registry.queued_types(),
+        traceparent=tracing.current_traceparent if tracing.enabled else None,
     )
 
     @contextlib.asynccontextmanager
@@ -107,7 +110,7 @@ def create_app(settings: ReceiverSettings, *, redis: Redis | None = None, regist
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics_endpoint, methods=["GET"]),
         ],
-        middleware=[Middleware(RequestIdMiddleware)],
+        middleware=[*tracing.middleware(), Middleware(RequestIdMiddleware)],
         exception_handlers={Problem: render_problem, HTTPException: render_problem, Exception: render_problem},
         lifespan=lifespan,
     )

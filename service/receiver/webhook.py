@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,6 +85,8 @@ class Receiver:
     secrets: tuple[bytes, ...]
     # Types outside the catalogue that some handler takes, with the models their data must fit.
     extra_types: Mapping[str, tuple[type[BaseModel], ...]] = field(default_factory=dict)
+    # The current span's traceparent when tracing is on (stored with the record), else None: no cost.
+    traceparent: Callable[[], str] | None = None
 
     async def endpoint(self, request: Request) -> Response:
         started = time.perf_counter()
@@ -111,7 +113,7 @@ class Receiver:
             return Delivery(
                 wanted=wanted, event_id=event_id, type=type_, created=created, header=raw_header or b"",
                 body=body, request_id=rid, secret_index=result.secret_index or 0, received_ms=now_ms,
-                reason=reason,
+                reason=reason, traceparent=self.traceparent() if self.traceparent is not None else "",
             )
 
         try:

@@ -6,6 +6,7 @@
 -- ARGV: 1 wanted (queued|ignored|dead_lettered|invalid_json|invalid_event)  2 event id  3 dedup ttl s
 --       4 now ms  5 job id  6 job json  7 job expiry ms  8 retention s (ignored)  9 retention s (dead)
 --       10 type  11 created  12 request id  13 secret index  14 header  15 body  16 digest  17 reason
+--       18 traceparent (the receiver's span, W3C; '' when not traced: the worker continues the trace from it)
 local wanted = ARGV[1]
 local now = ARGV[4]
 local outcome = wanted
@@ -25,7 +26,8 @@ if outcome == 'queued' or outcome == 'ignored' or outcome == 'dead_lettered' the
   redis.call('HSET', KEYS[2],
     'id', ARGV[2], 'type', ARGV[10], 'created', ARGV[11], 'body', ARGV[15], 'state', outcome,
     'generation', '0', 'attempts', '0', 'received_ms', now, 'updated_ms', now,
-    'request_id', ARGV[12], 'secret_index', ARGV[13])
+    'request_id', ARGV[12], 'secret_index', ARGV[13],
+    'traceparent', ARGV[18])
   if outcome == 'queued' then
     redis.call('SET', KEYS[3], ARGV[6], 'PX', ARGV[7])
     redis.call('ZADD', KEYS[4], now, ARGV[5])

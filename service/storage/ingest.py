@@ -52,6 +52,7 @@ class Delivery:
     secret_index: int
     received_ms: int
     reason: str = ""
+    traceparent: str = ""  # the receiver's span, kept with the record so the worker continues its trace
 
 
 class Ingestor:
@@ -68,7 +69,7 @@ class Ingestor:
         self._expiry_and_retention = (job_expiry_s * 1000, event_retention, dead_letter_retention)
 
     def _args(self, d: Delivery) -> tuple[Any, ...]:
-        """KEYS 1-8 then ARGV 1-17 of the script (see ingest.lua)."""
+        """KEYS 1-8 then ARGV 1-18 of the script (see ingest.lua)."""
         job_id = keys.job_id(d.event_id, 0)
         digest = entry_digest(
             event_id=d.event_id, received_ms=d.received_ms, request_id=d.request_id,
@@ -78,7 +79,7 @@ class Ingestor:
             keys.dedup(d.event_id), keys.event(d.event_id), keys.ARQ_JOB + job_id, *self._const_keys,
             d.wanted.value, d.event_id, self._dedup_ttl, d.received_ms, job_id,
             arq_job.payload(d.event_id, 0, d.received_ms), *self._expiry_and_retention, d.type, d.created,
-            d.request_id, d.secret_index, d.header, d.body, digest, d.reason,
+            d.request_id, d.secret_index, d.header, d.body, digest, d.reason, d.traceparent,
         )
 
     async def ingest(self, d: Delivery) -> IngestOutcome:

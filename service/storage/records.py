@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from redis.asyncio import Redis
+from runinfra_webhooks.service.core.trace_context import new_traceparent, trace_id_of
 from runinfra_webhooks.service.storage import arq_job, keys
 from runinfra_webhooks.service.storage.coalesce import Coalescer
 
@@ -68,12 +69,14 @@ return 1
 """
 
 # KEYS: event, inflight, dead, arq queue, arq job prefix. ARGV: event id, now, job expiry ms, job text before
-# and after the generation
+# and after the generation, replay traceparent
 _REPLAY = """
 if redis.call('HGET', KEYS[1], 'state') ~= 'dead_lettered' then return 0 end
 local gen = redis.call('HINCRBY', KEYS[1], 'generation', 1)
 redis.call('HSET', KEYS[1], 'state', 'queued', 'attempts', 0, 'updated_ms', ARGV[2], 'last_error', '',
   'reason', '', 'gateway_request_ids', '[]', 'handlers_done', '[]')
+-- The replay's own trace; 'traceparent' keeps the delivery's, which the replay's attempts link to.
+redis.call('HSET', KEYS[1], 'replay_traceparent', ARGV[6])
 redis.call('PERSIST', KEYS[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
@@ -125,6 +128,8 @@ class EventRecord:
     body: bytes = field(repr=False)
     gateway_request_ids: tuple[str, ...] = ()
     handlers_done: tuple[str, ...] = ()  # handlers that finished in an earlier attempt of this generation
+    traceparent: str = ""  # the delivery's trace (W3C), "" when it was not traced
+    replay_traceparent: str = ""  # the latest replay's trace, "" before any replay
 
     @classmethod
     def from_hash(cls, raw: dict[bytes, bytes]) -> EventRecord:
@@ -137,6 +142,7 @@ class EventRecord:
             reason=_s(raw, "reason"), body=raw.get(b"body", b""),
             gateway_request_ids=tuple(json.loads(_s(raw, "gateway_request_ids", "[]"))),
             handlers_done=tuple(json.loads(_s(raw, "handlers_done", "[]"))),
+            traceparent=_s(raw, "traceparent"), replay_traceparent=_s(raw, "replay_traceparent"),
         )
 
     def as_json(self) -> dict[str, Any]:
@@ -146,6 +152,7 @@ class EventRecord:
             "reason": self.reason or None, "gateway_request_ids": list(self.gateway_request_ids),
             "received_ms": self.received_ms, "updated_ms": self.updated_ms, "request_id": self.request_id,
             "secret_index": self.secret_index, "handlers_done": list(self.handlers_done),
+            "trace_id": trace_id_of(self.traceparent), "replay_trace_id": trace_id_of(self.replay_traceparent),
         }
 
 
@@ -209,11 +216,15 @@ class Records:
     async def handler_done(self, event_id: str, generation: int, name: str) -> None:
         await self._handler_done(keys=[keys.event(event_id)], args=[generation, name])
 
-    async def replay(self, event_id: str, now_ms: int) -> int:
-        """Re-queue a dead-lettered event under a new key generation; returns the generation."""
+    async def replay(self, event_id: str, now_ms: int, traceparent: str = "") -> int:
+        """Re-queue a dead-lettered event under a new key generation; returns the generation.
+
+        ``traceparent``: the trace the replay starts (the replaying request's span, when traced); without one
+        a fresh trace context is made, so a replay's attempts always share a new trace."""
         gen = await self._replay(
             keys=[keys.event(event_id), keys.INFLIGHT, keys.DEAD_LETTERS, keys.ARQ_QUEUE, keys.ARQ_JOB],
-            args=[event_id, now_ms, self._job_expiry_ms, *arq_job.payload_around_generation(event_id, now_ms)],
+            args=[event_id, now_ms, self._job_expiry_ms, *arq_job.payload_around_generation(event_id, now_ms),
+                  traceparent or new_traceparent()],
         )
         if not gen:
             msg = f"event {event_id} is not dead-lettered"
