@@ -15,14 +15,17 @@ ALLOWED: dict[str, set[str]] = {
     "service.storage": {"service.core"},
     "service.settings": {"service.storage"},  # only to check REDIS_URL with the storage layer's parser
     "service.gateway": {"service.settings"},
+    "service.tracing": {"service.core", "service.storage"},
     "service.logs": set(),
     "service.gc_tuning": set(),
     "handlers": {"service.core", "service.storage", "service.gateway", "service.settings"},
-    "workers": {"handlers", "service.core", "service.storage", "service.gateway", "service.settings"},
-    "service.receiver": {"handlers", "service.core", "service.storage", "service.settings"},
-    "service.devtools": {"service.core", "service.storage"},
+    "workers": {"handlers", "service.core", "service.storage", "service.gateway", "service.settings",
+                "service.tracing"},
+    "service.receiver": {"handlers", "service.core", "service.storage", "service.settings", "service.tracing"},
+    "service.devtools": {"service.core", "service.storage", "service.tracing"},
     "service.cli": {"handlers", "workers", "service.receiver", "service.devtools", "service.core",
-                    "service.storage", "service.gateway", "service.settings", "service.logs", "service.gc_tuning"},
+                    "service.storage", "service.gateway", "service.settings", "service.logs", "service.gc_tuning",
+                    "service.tracing"},
 }
 FOLDERS = {"service": "service", "handlers": "handlers", "workers": "workers"}
 
