@@ -63,6 +63,12 @@ class Settings(BaseSettings):
     lost_deadline: int = Field(86_400, alias="RUNINFRA_LOST_DEADLINE", gt=0)
     log_level: str = Field("info", alias="RUNINFRA_LOG_LEVEL")
 
+    # --- hardening: hostile input at the receiver's edge (README "Hostile input") ------------------
+    max_header_bytes: int = Field(16_384, alias="RUNINFRA_MAX_HEADER_BYTES", ge=1024)
+    header_timeout: float = Field(10.0, alias="RUNINFRA_HEADER_TIMEOUT", gt=0)
+    max_connections: int = Field(4096, alias="RUNINFRA_MAX_CONNECTIONS", gt=0)
+    ready_probe_timeout: float = Field(1.0, alias="RUNINFRA_READY_PROBE_TIMEOUT", gt=0)
+
     @field_validator("webhook_secrets", mode="before")
     @classmethod
     def _split_secrets(cls, value: Any) -> Any:

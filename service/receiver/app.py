@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 
 import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 from runinfra_webhooks.service.receiver.metrics import ReceiverMetrics
 from runinfra_webhooks.service.receiver.problems import (
     MethodNotAllowed,
@@ -19,6 +22,7 @@ from runinfra_webhooks.service.receiver.problems import (
 from runinfra_webhooks.service.receiver.request_id import RequestIdMiddleware, request_id_of
 from runinfra_webhooks.service.receiver.webhook import Receiver
 from runinfra_webhooks.service.settings import Settings
+from runinfra_webhooks.service.storage import keys
 from runinfra_webhooks.service.storage.connection import STORAGE_ERRORS, connect, persistence
 from runinfra_webhooks.service.storage.ingest import Ingestor
 from starlette.applications import Starlette
@@ -45,6 +49,8 @@ def create_app(settings: Settings, *, redis: Redis | None = None) -> Starlette:
             event_retention=settings.event_retention,
             dead_letter_retention=settings.dead_letter_retention,
             job_expiry_s=settings.lost_deadline,
+            secrets=settings.secret_values(),
+            audit_retention=settings.audit_retention,
         ),
         metrics=metrics,
         secrets=settings.secret_values(),
@@ -66,9 +72,19 @@ def create_app(settings: Settings, *, redis: Redis | None = None) -> Starlette:
         return JSONResponse({"status": "ok"})
 
     async def readyz(request: Request) -> Response:
+        # Ready means "a delivery would be accepted now": a PING passes while Redis refuses writes (maxmemory
+        # reached, CLIENT PAUSE WRITE, a read-only replica), so the probe is a write, bounded in time.
         try:
-            await client.ping()
+            async with asyncio.timeout(settings.ready_probe_timeout):
+                await client.set(keys.READY_PROBE, time.time_ns() // 1_000_000, px=60_000)
             p = await persistence(client)
+        except TimeoutError:
+            raise Unavailable("Redis did not accept a write in time (paused or overloaded)",
+                              code="redis_not_writable", headers={"Retry-After": "5"}) from None
+        except ResponseError as exc:
+            reason = str(exc).split(" ", 1)[0] or "error"
+            raise Unavailable(f"Redis refuses writes ({reason})", code="redis_not_writable",
+                              headers={"Retry-After": "5"}) from None
         except STORAGE_ERRORS:
             raise Unavailable("Redis does not answer", headers={"Retry-After": "5"}) from None
         return JSONResponse({"status": "ready", "redis": "ok", "persistence": p.as_json()})
@@ -91,7 +107,7 @@ def create_app(settings: Settings, *, redis: Redis | None = None) -> Starlette:
         log.error("receiver.unhandled", request_id=rid, error=type(exc).__name__)
         return problem_response(Problem("unexpected error; nothing was acknowledged"), rid)
 
-    return Starlette(
+    app = Starlette(
         routes=[
             Route("/webhooks/runinfra", receiver.endpoint, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
@@ -102,3 +118,7 @@ def create_app(settings: Settings, *, redis: Redis | None = None) -> Starlette:
         exception_handlers={Problem: render_problem, HTTPException: render_problem, Exception: render_problem},
         lifespan=lifespan,
     )
+    # A trailing-slash variant of a route would otherwise be answered 307 with a Location built from the
+    # client's Host header; every path is exact and anything else is a 404 or 405 problem document.
+    app.router.redirect_slashes = False
+    return app
