@@ -55,12 +55,17 @@ def serve(settings: Settings, host: str, port: int) -> int:
     import uvicorn
     from runinfra_webhooks.service.logs import configure_logging
     from runinfra_webhooks.service.receiver.app import create_app
+    from runinfra_webhooks.service.receiver.edge import EdgeLimits, bounded_protocol
 
     configure_logging(settings.log_level)
     app = create_app(settings)
     settle_after_startup()  # process-wide, so here at the process's entry rather than in the app factory
+    protocol = bounded_protocol(EdgeLimits(max_header_bytes=settings.max_header_bytes,
+                                           header_timeout=settings.header_timeout,
+                                           max_connections=settings.max_connections))
     # Every delivery is logged once by the receiver with its outcome; uvicorn's access log would repeat it.
-    uvicorn.run(app, host=host, port=port, access_log=False, log_config=None, timeout_graceful_shutdown=10)
+    uvicorn.run(app, host=host, port=port, access_log=False, log_config=None, timeout_graceful_shutdown=10,
+                http=protocol)
     return 0
 
 
