@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator
 import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
 from runinfra_webhooks.service.receiver.metrics import ReceiverMetrics
 from runinfra_webhooks.service.receiver.problems import (
     MethodNotAllowed,
@@ -25,6 +24,7 @@ from runinfra_webhooks.service.settings import Settings
 from runinfra_webhooks.service.storage import keys
 from runinfra_webhooks.service.storage.connection import STORAGE_ERRORS, connect, persistence
 from runinfra_webhooks.service.storage.ingest import Ingestor
+from runinfra_webhooks.service.storage.redis_errors import classify
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -80,13 +80,11 @@ def create_app(settings: Settings, *, redis: Redis | None = None) -> Starlette:
             p = await persistence(client)
         except TimeoutError:
             raise Unavailable("Redis did not accept a write in time (paused or overloaded)",
-                              code="redis_not_writable", headers={"Retry-After": "5"}) from None
-        except ResponseError as exc:
-            reason = str(exc).split(" ", 1)[0] or "error"
-            raise Unavailable(f"Redis refuses writes ({reason})", code="redis_not_writable",
                               headers={"Retry-After": "5"}) from None
-        except STORAGE_ERRORS:
-            raise Unavailable("Redis does not answer", headers={"Retry-After": "5"}) from None
+        except STORAGE_ERRORS as exc:
+            failure = classify(exc)
+            reason = failure.code if failure is not None else type(exc).__name__
+            raise Unavailable(f"Redis does not accept writes now ({reason})", headers={"Retry-After": "5"}) from None
         return JSONResponse({"status": "ready", "redis": "ok", "persistence": p.as_json()})
 
     async def metrics_endpoint(request: Request) -> Response:
