@@ -93,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     audit_verify.add_argument("--file", default=None, help="verify an exported file instead of Redis")
     audit_verify.add_argument("--anchor", default=None, metavar="HASH",
                               help="a head hash exported earlier that the chain must still contain")
+    audit_verify.add_argument("--archive", default=None, metavar="DIR",
+                              help="also verify the archives written before trims (audit-*.jsonl in DIR) and "
+                                   "that Redis's base is the last archived entry")
     return p
 
 
@@ -127,7 +130,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "send":
         return cli_ops.send(_settings(need_secret=True), args.type, url=args.url, data=args.data, event_id=args.id)
 
-    need_secret = args.command == "audit" and args.audit_command == "verify"
+    need_secret = args.command == "audit"  # verify checks MACs; export signs its trailer
     settings = _settings(need_secret=need_secret)
     table: dict[tuple[str, str | None], Callable[[], Any]] = {
         ("events", "show"): lambda: cli_ops.events_show(settings, args.event_id),
@@ -137,7 +140,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         ("dead-letter", "list"): lambda: cli_ops.dead_letter_list(settings, as_json=args.json),
         ("replay", None): lambda: cli_ops.replay(settings, args.event_id, all_dead=args.all_dead_lettered),
         ("audit", "export"): lambda: cli_ops.audit_export(settings, args.out),
-        ("audit", "verify"): lambda: cli_ops.audit_verify(settings, args.file, args.anchor),
+        ("audit", "verify"): lambda: cli_ops.audit_verify(settings, args.file, args.anchor, args.archive),
     }
     sub_attr = {"events": "events_command", "corpus": "corpus_command", "dead-letter": "dead_command",
                 "audit": "audit_command"}.get(args.command)
