@@ -179,10 +179,8 @@ def test_replay_refuses_a_corrupt_generation_and_writes_nothing(db: sync_redis.R
     """Before, HINCRBY failed first; now the check comes before any write, whatever the field holds."""
     key = _event_record(db, state="dead_lettered", generation="x")
     db.zadd(keys.DEAD_LETTERS, {LONG_ID: 1})
-    before = snapshot(db)
-    with pytest.raises(ResponseError, match="records.replay"):
-        _replay(db, key)
-    assert snapshot(db) == before
+    refuses_and_writes_nothing(db, records._REPLAY, 5, key, keys.INFLIGHT, keys.DEAD_LETTERS, keys.ARQ_QUEUE,
+                               keys.ARQ_JOB, LONG_ID, time.time_ns() // 1_000_000, 86_400_000, name="records.replay")
 
 
 def test_requeue_refuses_a_bad_expiry_and_writes_nothing(db: sync_redis.Redis) -> None:
