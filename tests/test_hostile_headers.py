@@ -196,3 +196,21 @@ def test_refuses_connections_past_the_bound_quickly(redis_url: str, tmp_path: Pa
         assert took < 1.0
         time.sleep(0.3)  # the idle ones are gone: room again
         assert httpx.get(url + "/healthz", timeout=5).status_code == 200
+
+
+def test_closes_a_kept_alive_connection_whose_next_request_trickles_its_headers(
+    receiver: tuple[str, Proc],
+) -> None:
+    """After a whole request, a second one that sends half a header is closed at the deadline (+1 s)."""
+    url, _ = receiver
+    with socket.create_connection(_host_port(url), timeout=10) as s:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        first = s.recv(65536)
+        assert first.startswith(b"HTTP/1.1 200 "), first[:100]
+        started = time.monotonic()
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: a")
+        answer = _read_all(s, timeout=HEADER_TIMEOUT + 5)
+        took = time.monotonic() - started
+    assert HEADER_TIMEOUT - 0.5 <= took <= HEADER_TIMEOUT + 1, f"closed after {took:.2f} s"
+    assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+    assert _problem_code(answer) == "header_timeout"

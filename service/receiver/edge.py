@@ -5,9 +5,10 @@ accepts any number of connections. This protocol adds, per connection:
 
 * a cap on the request line plus headers (``max_header_bytes``): bytes are fed to the parser only up to the
   cap, so a 100 MB header costs at most the cap in memory before it is answered ``431`` and closed;
-* a header-read deadline (``header_timeout``), armed when the connection opens and again when a new request
-  on a kept-alive connection begins, disarmed once the headers are complete: a connection that trickles a
-  header (slowloris) is closed when it runs out;
+* a header-read deadline (``header_timeout``), armed when the connection opens and when a request's headers
+  are still incomplete after a read, disarmed once they are complete: a connection that trickles a header
+  (slowloris) is closed when it runs out. A kept-alive connection idle between requests is uvicorn's
+  keep-alive timeout's to close;
 * a bound on open connections (``max_connections``): one more is answered ``503`` and closed at once, before
   anything is read, so a flood costs the newcomers and not the connections already being served.
 
@@ -52,7 +53,8 @@ class _BoundedProtocol(HttpToolsProtocol):
                  _loop: asyncio.AbstractEventLoop | None = None) -> None:
         super().__init__(config, server_state, app_state, _loop)
         self._header_bytes = 0
-        self._reading_headers = True
+        self._reading_headers = True  # counting bytes against the cap: until this request's headers end
+        self._in_headers = False  # between the first byte of a request and the end of its headers
         self._header_timer: asyncio.TimerHandle | None = None
 
     # --- connection --------------------------------------------------------------------------------
@@ -79,14 +81,18 @@ class _BoundedProtocol(HttpToolsProtocol):
         if len(data) <= room:
             self._header_bytes += len(data)
             super().data_received(data)
-            return
-        # Feed only what still fits: if the headers end inside it, the rest is body (or the next request).
-        self._header_bytes += room
-        super().data_received(data[:room])
-        if self._reading_headers:
-            self._refuse_headers()
-        elif not self.transport.is_closing():
-            self.data_received(data[room:])
+        else:
+            # Feed only what still fits: if the headers end inside it, the rest is body (or the next request).
+            self._header_bytes += room
+            super().data_received(data[:room])
+            if self._reading_headers:
+                self._refuse_headers()
+                return
+            if not self.transport.is_closing():
+                self.data_received(data[room:])
+        # A request whose headers came in one piece never needs a timer; one still incomplete gets one.
+        if self._in_headers and self._header_timer is None and not self.transport.is_closing():
+            self._arm_header_timer()
 
     def _refuse_headers(self) -> None:
         self._disarm_header_timer()
@@ -98,12 +104,10 @@ class _BoundedProtocol(HttpToolsProtocol):
     # --- header deadline ---------------------------------------------------------------------------
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._reading_headers = True
-        if self._header_timer is None:
-            self._arm_header_timer()
+        self._reading_headers = self._in_headers = True
 
     def on_headers_complete(self) -> None:
-        self._reading_headers = False
+        self._reading_headers = self._in_headers = False
         self._disarm_header_timer()
         super().on_headers_complete()
 
