@@ -37,12 +37,14 @@ class EdgeLimits:
 
 
 def _problem(status: int, reason: str, code: str, title: str, detail: str, extra: dict[str, str]) -> bytes:
+    request_id = new_id()
     body = json.dumps({
         "type": f"https://docs.runinfra.ai/webhooks/problems#{code}", "title": title, "status": status,
-        "detail": detail, "code": code, "request_id": new_id(),
+        "detail": detail, "code": code, "request_id": request_id,
     }, separators=(",", ":")).encode()
     head = [f"HTTP/1.1 {status} {reason}", "content-type: application/problem+json",
-            f"content-length: {len(body)}", "connection: close", *(f"{k}: {v}" for k, v in extra.items())]
+            f"content-length: {len(body)}", f"x-request-id: {request_id}", "connection: close",
+            *(f"{k}: {v}" for k, v in extra.items())]
     return ("\r\n".join(head) + "\r\n\r\n").encode() + body
 
 
