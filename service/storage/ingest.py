@@ -18,7 +18,7 @@ from importlib import resources
 from typing import Any
 
 from redis.asyncio import Redis
-from runinfra_webhooks.service.core.audit import body_sha256, entry_digest, entry_key, entry_mac
+from runinfra_webhooks.service.core.audit import EntryMac, body_sha256, entry_digest, entry_key
 from runinfra_webhooks.service.core.ids import new_id
 from runinfra_webhooks.service.storage import keys
 from runinfra_webhooks.service.storage.coalesce import Coalescer
@@ -83,7 +83,7 @@ class Ingestor:
         self._dedup_ttl = dedup_ttl
         self._expiry_and_retention = (job_expiry_s * 1000, event_retention, dead_letter_retention)
         # MAC keys of audit entries, one per webhook secret (the entry's secret_index picks it).
-        self._entry_keys = tuple(entry_key(s) for s in secrets) or (b"",)
+        self._entry_macs = tuple(EntryMac(entry_key(s)) for s in secrets) or (EntryMac(b""),)
         self._body_ttl_ms = 2 * audit_retention * 1000
 
     def _args(self, d: Delivery) -> tuple[Any, ...]:
@@ -97,7 +97,8 @@ class Ingestor:
             secret_index=d.secret_index, header=d.header, body=d.body, delivery_id=delivery_id,
             body_hash=body_hash,
         )
-        key = self._entry_keys[d.secret_index] if d.secret_index < len(self._entry_keys) else self._entry_keys[0]
+        macs = self._entry_macs
+        mac = macs[d.secret_index] if d.secret_index < len(macs) else macs[0]
         body_ttl = self._body_ttl_ms if len(d.body) >= REFERENCE_BODIES_FROM else 0
         return (
             keys.dedup(d.event_id), keys.event(d.event_id), keys.ARQ_JOB + job_id, *self._const_keys,
@@ -105,7 +106,7 @@ class Ingestor:
             d.wanted.value, d.event_id, self._dedup_ttl, d.received_ms, job_id,
             arq_job_payload(d.event_id, 0, d.received_ms), *self._expiry_and_retention, d.type, d.created,
             d.request_id, d.secret_index, d.header, d.body, digest, d.reason,
-            delivery_id, entry_mac(key, d.wanted.value, digest), entry_mac(key, "duplicate", digest), body_hex,
+            delivery_id, mac(d.wanted.value, digest), mac("duplicate", digest), body_hex,
             body_ttl,
         )
 
