@@ -76,7 +76,9 @@ class _BoundedProtocol(HttpToolsProtocol):
 
     # --- header bound ------------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
-        if not self._reading_headers or self.transport.is_closing():
+        if self.transport.is_closing():
+            return  # refused or answered with "connection: close": nothing more is read
+        if not self._reading_headers:
             super().data_received(data)
             return
         room = self.limits.max_header_bytes - self._header_bytes
@@ -90,8 +92,7 @@ class _BoundedProtocol(HttpToolsProtocol):
             if self._reading_headers:
                 self._refuse_headers()
                 return
-            if not self.transport.is_closing():
-                self.data_received(data[room:])
+            self.data_received(data[room:])
         # A request whose headers came in one piece never needs a timer; one still incomplete gets one.
         if self._in_headers and self._header_timer is None and not self.transport.is_closing():
             self._arm_header_timer()
