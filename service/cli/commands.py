@@ -271,13 +271,13 @@ async def audit_export(settings: Settings, out: str | None) -> int:
 
 
 def _check_cut(entries: list[tuple[str, dict[bytes, bytes]]], trailer: ExportTrailer | None,
-               secrets: tuple[bytes, ...]) -> str | None:
-    """Why an export file is not whole, or None."""
+               secrets: tuple[bytes, ...], *, archive: bool = False) -> str | None:
+    """Why an export (or archive) file is not whole, or None."""
     if trailer is None:
         return "no export trailer: the file was cut at the end (or written by an older version)"
     if trailer.mac and not trailer.authentic(secrets):
         return "the export trailer's MAC does not verify with the configured secrets"
-    if not trailer.mac:
+    if not trailer.mac and not archive:
         _err("note: the trailer carries no MAC (an archive written by a worker): compare its head with an anchor")
     if trailer.count != len(entries):
         return f"the trailer counts {trailer.count} entries, the file holds {len(entries)}"
@@ -312,7 +312,12 @@ async def audit_verify(settings: Settings, file: str | None, anchor: str | None,
                     _err(f"{archive}: no audit archive files (audit-*.jsonl)")
                     return 1
                 for path in files:
-                    archived.extend(_read_export(path)[0])
+                    part, trailer = _read_export(path)
+                    cut = _check_cut(part, trailer, secrets, archive=True)
+                    if cut is not None:
+                        _err(f"{path}: export_cut: {cut}")
+                        return 1
+                    archived.extend(part)
             async with _redis(settings) as redis:
                 base_seq, base_hash = await audit_base(redis)
                 entries = [e async for e in iter_audit(redis)]
