@@ -48,12 +48,20 @@ def _problem(status: int, reason: str, code: str, title: str, detail: str, extra
     return ("\r\n".join(head) + "\r\n\r\n").encode() + body
 
 
+# The parent's per-request methods, called directly (no super() per call: this runs on every request).
+_feed = HttpToolsProtocol.data_received
+_message_begin = HttpToolsProtocol.on_message_begin
+_headers_complete = HttpToolsProtocol.on_headers_complete
+_message_complete = HttpToolsProtocol.on_message_complete
+
+
 class _BoundedProtocol(HttpToolsProtocol):
     limits: EdgeLimits  # set on the subclass bounded_protocol() makes
 
     def __init__(self, config: Config, server_state: ServerState, app_state: dict[str, Any],
                  _loop: asyncio.AbstractEventLoop | None = None) -> None:
         super().__init__(config, server_state, app_state, _loop)
+        self._max_header_bytes = self.limits.max_header_bytes
         self._header_bytes = 0
         self._reading_headers = True  # counting bytes against the cap: until this request's headers end
         self._in_headers = False  # between the first byte of a request and the end of its headers
@@ -79,16 +87,16 @@ class _BoundedProtocol(HttpToolsProtocol):
         if self.transport.is_closing():
             return  # refused or answered with "connection: close": nothing more is read
         if not self._reading_headers:
-            super().data_received(data)
+            _feed(self, data)
             return
-        room = self.limits.max_header_bytes - self._header_bytes
+        room = self._max_header_bytes - self._header_bytes
         if len(data) <= room:
             self._header_bytes += len(data)
-            super().data_received(data)
+            _feed(self, data)
         else:
             # Feed only what still fits: if the headers end inside it, the rest is body (or the next request).
             self._header_bytes += room
-            super().data_received(data[:room])
+            _feed(self, data[:room])
             if self._reading_headers:
                 self._refuse_headers()
                 return
@@ -106,16 +114,18 @@ class _BoundedProtocol(HttpToolsProtocol):
 
     # --- header deadline ---------------------------------------------------------------------------
     def on_message_begin(self) -> None:
-        super().on_message_begin()
+        _message_begin(self)
         self._reading_headers = self._in_headers = True
 
     def on_headers_complete(self) -> None:
         self._reading_headers = self._in_headers = False
-        self._disarm_header_timer()
-        super().on_headers_complete()
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+        _headers_complete(self)
 
     def on_message_complete(self) -> None:
-        super().on_message_complete()
+        _message_complete(self)
         # The next request on this connection gets its own header budget.
         self._header_bytes = 0
         self._reading_headers = True
