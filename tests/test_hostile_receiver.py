@@ -6,6 +6,8 @@ import json
 
 import httpx
 import pytest
+import redis as sync_redis
+from runinfra_webhooks.service.storage import keys
 
 from tests.builders import example_event, signed_delivery
 
@@ -45,3 +47,17 @@ def test_answers_a_problem_document_and_never_redirects(receiver_url: str, metho
     assert "location" not in resp.headers
     assert resp.headers["content-type"] == "application/problem+json"
     assert resp.json()["code"] == {404: "not_found", 405: "method_not_allowed"}[status]
+
+
+def test_answers_500_ingest_failed_and_writes_nothing_when_the_ingest_script_refuses(
+    receiver_url: str, redis_url: str
+) -> None:
+    """A corrupt audit head: the script refuses before writing; 500 ingest_failed, no dedup mark, no job."""
+    db = sync_redis.Redis.from_url(redis_url)
+    db.hset(keys.AUDIT_HEAD, mapping={"seq": "abc", "hash": "0" * 40})
+    event = example_event()
+    resp = _post(receiver_url, event)
+    assert resp.status_code == 500, resp.text
+    assert resp.json()["code"] == "ingest_failed"
+    assert not db.exists(keys.dedup(event["id"]), keys.event(event["id"]), keys.AUDIT_STREAM)
+    assert db.zcard(keys.ARQ_QUEUE) == 0
