@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from runinfra_webhooks.service.core.ids import new_id
@@ -29,11 +30,11 @@ from uvicorn.server import ServerState
 __all__ = ["EdgeLimits", "bounded_protocol"]
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
 class EdgeLimits:
-    def __init__(self, *, max_header_bytes: int, header_timeout: float, max_connections: int) -> None:
-        self.max_header_bytes = max_header_bytes
-        self.header_timeout = header_timeout
-        self.max_connections = max_connections
+    max_header_bytes: int  # request line + headers, CRLFs included
+    header_timeout: float  # seconds
+    max_connections: int
 
 
 def _problem(status: int, reason: str, code: str, title: str, detail: str, extra: dict[str, str]) -> bytes:
