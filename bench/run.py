@@ -308,7 +308,7 @@ def ingest_once(kind: str, rd: RedisProc, out: Path, tag: str, *, connections: i
         res.update(proc_status(proc.pid))
         res["server_cpu_s"] = cpu1 - cpu0
         res["cpu_us_per_req"] = (cpu1 - cpu0) / max(res["requests"], 1) * 1e6
-        if kind in ("receiver", "variant:full"):
+        if kind in ("receiver", "variant:full", "variant:full-edge"):
             stats = rd.commandstats()
             ev = stats.get("evalsha", {})
             res["redis_evalsha_calls"] = int(ev.get("calls", 0))
@@ -371,6 +371,29 @@ def bench_ingest(rd: RedisProc, out: Path, args: argparse.Namespace) -> dict[str
 
 
 BREAKDOWN = ("bare", "variant:no-redis-no-log", "variant:no-redis", "variant:full")
+EDGE = ("variant:full", "variant:full-edge")
+
+
+def bench_edge(rd: RedisProc, out: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """The receiver with uvicorn's stock httptools protocol (A) and with the bounded one (B), alternated
+    A B, B A, ...; server CPU per request and req/s, medians, and the median of the per-repeat B/A ratios."""
+    runs: dict[str, list[dict[str, Any]]] = {k: [] for k in EDGE}
+    for r in range(args.edge_repeats):
+        for kind in EDGE if r % 2 == 0 else tuple(reversed(EDGE)):
+            tag = f"edge-{kind.replace(':', '-')}-{r}"
+            res = ingest_once(kind, rd, out, tag, connections=args.connections, duration=args.breakdown_duration,
+                              warmup=args.warmup, expected_rps=6000)
+            runs[kind].append(res)
+            log(f"{tag}: {res['rps']:.0f} req/s, {res['cpu_us_per_req']:.0f} us CPU per request, "
+                f"statuses {res['statuses']}")
+    a, b = runs[EDGE[0]], runs[EDGE[1]]
+    return {
+        "stock": {"rps": median([x["rps"] for x in a]), "cpu_us_per_req": median([x["cpu_us_per_req"] for x in a])},
+        "bounded": {"rps": median([x["rps"] for x in b]), "cpu_us_per_req": median([x["cpu_us_per_req"] for x in b])},
+        "ratio_cpu_per_req": median([y["cpu_us_per_req"] / x["cpu_us_per_req"] for x, y in zip(a, b, strict=True)]),
+        "ratio_rps": median([y["rps"] / x["rps"] for x, y in zip(a, b, strict=True)]),
+        "redis_evalsha_usec_per_call": median([x["redis_evalsha_usec_per_call"] for x in a + b]),
+    }
 FLOOR = ("bare", "floor:no-redis-no-log", "floor:no-log", "floor:full")
 
 
@@ -732,7 +755,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--quick", action="store_true", help="shorter runs, fewer repeats (~2 minutes)")
     p.add_argument("--only", default="ingest,breakdown,rss,drain",
-                   help="comma-separated parts: ingest, breakdown, floor, profile, rss, drain, tracing "
+                   help="comma-separated parts: ingest, breakdown, floor, edge, profile, rss, drain, tracing "
                         "(default: ingest,breakdown,rss,drain)")
     p.add_argument("--profile", action="store_true", help="also run one receiver under py-spy")
     p.add_argument("--connections", type=int, default=50)
@@ -752,6 +775,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a.drain_repeats = 1 if a.quick else 3
     a.breakdown_repeats = 1 if a.quick else 2
     a.breakdown_duration = 3.0 if a.quick else 6.0
+    a.edge_repeats = 2 if a.quick else 6
     a.scale_repeats = 1 if a.quick else 2
     a.gateway_repeats = 1 if a.quick else 2
     a.tracing_repeats = 2 if a.quick else 3
@@ -798,6 +822,8 @@ def main(argv: list[str] | None = None) -> None:
             summary["breakdown"] = bench_breakdown(rd, out, args)
         if "floor" in args.parts:
             summary["floor"] = bench_breakdown(rd, out, args, FLOOR)
+        if "edge" in args.parts:
+            summary["edge"] = bench_edge(rd, out, args)
         if "profile" in args.parts:
             summary["profile"] = bench_profile(rd, out, args)
         if "rss" in args.parts:
@@ -844,6 +870,12 @@ def print_summary(s: dict[str, Any]) -> None:
         for kind, v in s["floor"].items():
             print(f"     {kind:26s} {v['cpu_us_per_req']:5.0f} us  ({v['rps']:.0f} req/s, "
                   f"{v['rps'] / bare:.2f} x bare)")
+    if "edge" in s:
+        e = s["edge"]
+        print(f"   HTTP protocol, stock httptools {e['stock']['cpu_us_per_req']:.0f} us/req "
+              f"({e['stock']['rps']:.0f} req/s) vs bounded {e['bounded']['cpu_us_per_req']:.0f} us/req "
+              f"({e['bounded']['rps']:.0f} req/s): CPU ratio {e['ratio_cpu_per_req']:.3f}, req/s ratio "
+              f"{e['ratio_rps']:.3f}; EVALSHA {e['redis_evalsha_usec_per_call']:.0f} us/call")
     if "profile" in s:
         print("   profile (inclusive % of samples):")
         for name, pct in s["profile"]["table"]:

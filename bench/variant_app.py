@@ -1,10 +1,12 @@
 """The receiver with parts switched off, to attribute its per-request cost (bench only, never deployed).
 
-    python -m bench.variant_app --port P --variant full|no-redis|no-redis-no-log
+    python -m bench.variant_app --port P --variant full|full-edge|no-redis|no-redis-no-log
 
 ``no-redis`` answers every verified delivery as if the ingest script had queued it (no Redis call, and no
 audit digest / command packing either, since those live in ``Ingestor``); ``no-log`` also drops the
-receiver's one log line per delivery. Everything else (uvicorn options, middleware, verification, parsing,
+receiver's one log line per delivery; ``full-edge`` is ``full`` served with the receiver's bounded HTTP
+protocol (``service.receiver.edge``, as ``serve`` runs it) instead of uvicorn's stock httptools one, so
+the two differ in nothing else. Everything else (uvicorn options, middleware, verification, parsing,
 metrics, the answer) is the real app from ``service.app.create_app``.
 """
 
@@ -32,7 +34,7 @@ class _NoLog:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--port", type=int, required=True)
-    p.add_argument("--variant", choices=["full", "no-redis", "no-redis-no-log"], required=True)
+    p.add_argument("--variant", choices=["full", "full-edge", "no-redis", "no-redis-no-log"], required=True)
     a = p.parse_args()
     settings = load_settings()
     configure_logging(settings.log_level)
@@ -45,8 +47,15 @@ def main() -> None:
         receiver_module.log = _NoLog()
     app = create_app(settings)
     settle_after_startup()  # as `serve` does
+    extra: dict[str, Any] = {}
+    if a.variant == "full-edge":
+        from runinfra_webhooks.service.receiver.edge import EdgeLimits, bounded_protocol
+
+        extra["http"] = bounded_protocol(EdgeLimits(max_header_bytes=settings.max_header_bytes,
+                                                    header_timeout=settings.header_timeout,
+                                                    max_connections=settings.max_connections))
     uvicorn.run(app, host="127.0.0.1", port=a.port, access_log=False, log_level="warning",
-                timeout_graceful_shutdown=10)
+                timeout_graceful_shutdown=10, **extra)
 
 
 if __name__ == "__main__":

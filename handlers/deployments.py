@@ -21,7 +21,7 @@ from runinfra_webhooks.service.core.events import (
 )
 from runinfra_webhooks.service.storage import keys
 
-__all__ = ["DeploymentEvent", "apply_fields", "handle", "list_deployments"]
+__all__ = ["APPLY_SCRIPT", "DeploymentEvent", "apply_fields", "handle", "list_deployments"]
 
 DeploymentEvent = DeploymentCreated | DeploymentReady | DeploymentUpdated | DeploymentFailed | DeploymentDeleted
 
@@ -32,25 +32,56 @@ _STATUS = {
     "deployment.deleted": "deleted",
 }
 
-# KEYS: deployment hash, history list, deployments set. ARGV: created, event id, history json, field pairs...
+# KEYS: deployment hash, history list, deployments set.
+# ARGV: created, event id, history entry (a JSON object; the script adds "applied"), field pairs...
+# Everything is checked and computed before the first write, so the script cannot stop half-way. ``created``
+# values are compared exactly, as digit strings (leading zeros dropped, then length, then text): Lua numbers
+# are doubles, in which 2**53 + 1 and 2**53 are equal.
 _APPLY = """
-local updated = tonumber(redis.call('HGET', KEYS[1], 'updated') or '-1')
-local last = redis.call('HGET', KEYS[1], 'last_event_id') or ''
-local created = tonumber(ARGV[1])
-local applied = 0
-if created > updated or (created == updated and ARGV[2] >= last) then
-  applied = 1
-  local fields = {}
-  for i = 4, #ARGV do fields[#fields + 1] = ARGV[i] end
-  redis.call('HSET', KEYS[1], 'updated', ARGV[1], 'last_event_id', ARGV[2], unpack(fields))
-  redis.call('SADD', KEYS[3], redis.call('HGET', KEYS[1], 'deployment_id'))
+local function digits(n) return type(n) == 'string' and string.find(n, '^%d+$') ~= nil end
+local function canonical(n) return (string.gsub(n, '^0+(%d)', '%1')) end
+local function newer(a, b)  -- a > b, both digit strings
+  a, b = canonical(a), canonical(b)
+  if #a ~= #b then return #a > #b end
+  return a > b
 end
-local entry = cjson.decode(ARGV[3])
-entry['applied'] = applied == 1
-redis.call('LPUSH', KEYS[2], cjson.encode(entry))
+local created = ARGV[1]
+if not digits(created) then return redis.error_reply('ERR deployments.apply: created is not a decimal integer') end
+local updated = redis.call('HGET', KEYS[1], 'updated')
+if updated and not digits(updated) then
+  return redis.error_reply('ERR deployments.apply: stored updated is not a decimal integer')
+end
+local history = ARGV[3]
+if string.sub(history, 1, 1) ~= '{' or string.sub(history, -1) ~= '}' or #history < 3 then
+  return redis.error_reply('ERR deployments.apply: history entry is not a JSON object')
+end
+if (#ARGV - 3) % 2 ~= 0 then return redis.error_reply('ERR deployments.apply: odd field list') end
+local fields, deployment_id = {}, nil
+for i = 4, #ARGV, 2 do
+  fields[#fields + 1] = ARGV[i]
+  fields[#fields + 1] = ARGV[i + 1]
+  if ARGV[i] == 'deployment_id' then deployment_id = ARGV[i + 1] end
+end
+if not deployment_id then return redis.error_reply('ERR deployments.apply: no deployment_id field') end
+local last = redis.call('HGET', KEYS[1], 'last_event_id') or ''
+local applied = false
+if not updated then
+  applied = true
+else
+  applied = newer(created, updated) or (canonical(created) == canonical(updated) and ARGV[2] >= last)
+end
+local entry = string.sub(history, 1, -2) .. ',"applied":' .. (applied and 'true' or 'false') .. '}'
+-- writes
+if applied then
+  redis.call('HSET', KEYS[1], 'updated', created, 'last_event_id', ARGV[2], unpack(fields))
+  redis.call('SADD', KEYS[3], deployment_id)
+end
+redis.call('LPUSH', KEYS[2], entry)
 redis.call('LTRIM', KEYS[2], 0, 99)
-return applied
+return applied and 1 or 0
 """
+
+APPLY_SCRIPT = _APPLY
 
 
 def apply_fields(event: DeploymentEvent) -> dict[str, str]:
@@ -75,7 +106,7 @@ def apply_fields(event: DeploymentEvent) -> dict[str, str]:
 @handler("deployment.deleted")
 async def handle(event: DeploymentEvent, ctx: HandlerContext) -> None:
     fields = apply_fields(event)
-    history = json.dumps({"event_id": event.id, "type": event.type, "created": event.created})
+    history = json.dumps({"event_id": event.id, "type": event.type, "created": event.created}, separators=(",", ":"))
     flat: list[Any] = [x for pair in fields.items() for x in pair]
     apply = ctx.script(_APPLY)  # EVALSHA; the script is loaded once per Redis
     await apply(

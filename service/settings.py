@@ -80,6 +80,11 @@ class ReceiverSettings(StoreSettings):
     tolerance: int = Field(300, alias="RUNINFRA_WEBHOOK_TOLERANCE", ge=0)
     max_body: int = Field(1_048_576, alias="RUNINFRA_WEBHOOK_MAX_BODY", gt=0)
     body_timeout: float = Field(10.0, alias="RUNINFRA_BODY_TIMEOUT", gt=0)
+    # Hostile input at the receiver's edge (enforced by `serve`'s HTTP protocol) and readiness.
+    max_header_bytes: int = Field(16_384, alias="RUNINFRA_MAX_HEADER_BYTES", ge=1024)
+    header_timeout: float = Field(10.0, alias="RUNINFRA_HEADER_TIMEOUT", gt=0)
+    max_connections: int = Field(4096, alias="RUNINFRA_MAX_CONNECTIONS", gt=0)
+    ready_probe_timeout: float = Field(1.0, alias="RUNINFRA_READY_PROBE_TIMEOUT", gt=0)
 
     @field_validator("webhook_secrets", mode="before")
     @classmethod

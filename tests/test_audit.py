@@ -51,12 +51,13 @@ def test_verify_passes_on_an_untouched_log(env: dict[str, str], filled: list[str
 
 
 def test_export_writes_every_entry_with_its_raw_bytes(env: dict[str, str], filled: list[str], tmp_path: Path) -> None:
-    """`audit export --out F` writes one JSON line per entry, raw body and header included, and the head."""
+    """`audit export --out F` writes one JSON line per entry, raw body and header included, then a trailer."""
     target = tmp_path / "audit.jsonl"
     out = cli(env, "audit", "export", "--out", str(target))
     assert out.returncode == 0, out.stderr
-    lines = [json.loads(line) for line in target.read_text().splitlines()]
+    *lines, trailer = [json.loads(line) for line in target.read_text().splitlines()]
     assert [line["seq"] for line in lines] == ["1", "2", "3", "4", "5"]
+    assert trailer["export"]["count"] == 5 and trailer["export"]["head_hash"] == lines[-1]["hash"]
     assert [line["outcome"] for line in lines] == ["queued", "duplicate", "queued", "ignored", "invalid_json"]
     assert "t=" in lines[0]["header"] and "body" in lines[0]
     assert bytes.fromhex(lines[4]["body_hex"]) == b"\xff not json"
@@ -145,6 +146,6 @@ async def test_retention_archives_then_trims_and_the_rest_still_verifies(
     finally:
         await client.aclose()
     [archive] = (tmp_path / "archive").glob("audit-*.jsonl")
-    assert len(archive.read_text().splitlines()) == removed
+    assert len(archive.read_text().splitlines()) == removed + 1  # and the trailer
     assert cli(env, "audit", "verify").returncode == 0
     assert cli(env, "audit", "verify", "--file", str(archive)).returncode == 0

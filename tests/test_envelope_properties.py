@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 from runinfra_webhooks.service.core.events import (
     CATALOGUE,
+    MAX_CREATED,
     DeploymentInfo,
     Envelope,
     InvalidJSON,
@@ -214,9 +215,9 @@ def test_type_accepted_exactly_when_dotted_lowercase_words(type_: str) -> None:
 @settings(max_examples=300, deadline=None)
 @given(json_values | st.integers() | st.just(True) | st.just(1.0) | st.just("1"))
 def test_created_accepted_exactly_when_a_non_negative_integer(created: Any) -> None:
-    """No coercion: 1.0, "1" and true are not integers (a bool is not an int on the wire)."""
+    """No coercion: 1.0, "1" and true are not integers (a bool is not an int on the wire); at most 12 digits."""
     obj = {**valid_envelope("deployment.deleted"), "created": created}
-    assert _accepted(obj) == (type(created) is int and created >= 0)
+    assert _accepted(obj) == (type(created) is int and 0 <= created <= MAX_CREATED)
 
 
 @settings(max_examples=200, deadline=None)

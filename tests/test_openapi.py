@@ -127,8 +127,10 @@ def test_problem_responses_only_narrow_to_known_codes() -> None:
             "timestamp_too_new",
         },
         "405": {"method_not_allowed"},
-        "408": {"request_timeout"},
+        "408": {"request_timeout", "header_timeout"},
         "413": {"body_too_large"},
+        "431": {"headers_too_large"},
+        "503": {"unavailable", "too_many_connections"},
     }
     responses = operations()[("/webhooks/runinfra", "post")]["responses"]
     for status, codes in expected.items():

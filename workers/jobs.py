@@ -14,12 +14,14 @@ from typing import Any
 import structlog
 from arq import Retry
 from pydantic import ValidationError
+from redis.exceptions import ResponseError
 from runinfra_webhooks.handlers.context import HandlerContext
 from runinfra_webhooks.handlers.registry import Registration
 from runinfra_webhooks.service.core.events import CATALOGUE, Envelope, InvalidJSON, parse_event, parse_json_object
 from runinfra_webhooks.service.storage.records import EventRecord
+from runinfra_webhooks.service.storage.redis_errors import classify
 from runinfra_webhooks.workers.deps import WorkerDeps
-from runinfra_webhooks.workers.retry import decide
+from runinfra_webhooks.workers.retry import SCRIPT_NAMES, decide
 
 __all__ = ["process_event"]
 
@@ -34,7 +36,17 @@ async def process_event(ctx: dict[str, Any], event_id: str, generation: int) -> 
     deps: WorkerDeps = ctx["deps"]
     records = deps.records
     bound = log.bind(event_id=event_id, generation=generation, job_try=ctx.get("job_try"))
-    record = await records.start(event_id, generation, _now_ms())
+    try:
+        record = await records.start(event_id, generation, _now_ms())
+    except ResponseError as exc:
+        # The start script refused the stored record (a corrupt field): it wrote nothing, and would refuse
+        # again on every retry, so the event is parked at once with a code naming the script.
+        failure = classify(exc, SCRIPT_NAMES)
+        if failure is None or failure.transient:
+            raise
+        await records.dead_lettered(event_id, generation, _now_ms(), failure.code, failure.detail)
+        bound.warning("event.dead_lettered", reason=failure.code)
+        return "dead_lettered"
     if isinstance(record, int):
         # -1 record gone, -2 superseded by a replay, -3 already finished: a late or repeated job.
         bound.info("event.skipped", code=record)

@@ -9,9 +9,12 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from runinfra_webhooks.handlers import deployments
 from runinfra_webhooks.handlers.errors import PermanentError, TransientError
 from runinfra_webhooks.service.gateway.backoff import backoff_delay
 from runinfra_webhooks.service.gateway.client import GatewayPermanentError, GatewayTransientError
+from runinfra_webhooks.service.storage import records
+from runinfra_webhooks.service.storage.redis_errors import classify, script_names
 
 __all__ = ["Decision", "decide"]
 
@@ -40,6 +43,13 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+# A Lua runtime error names the script only by its SHA-1: the scripts a job runs, by name.
+SCRIPT_NAMES = script_names({
+    "records.start": records.START_SCRIPT, "records.finish": records.FINISH_SCRIPT,
+    "records.add_request_id": records.ADD_REQUEST_ID_SCRIPT, "deployments.apply": deployments.APPLY_SCRIPT,
+})
+
+
 def decide(exc: BaseException, *, attempt: int, max_attempts: int, base: float, cap: float,
            rng: random.Random | None = None) -> Decision:
     error = _describe(exc)
@@ -47,6 +57,11 @@ def decide(exc: BaseException, *, attempt: int, max_attempts: int, base: float, 
         return Decision(False, 0.0, f"gateway_{exc.error_type or exc.code}", error)
     if isinstance(exc, PermanentError):
         return Decision(False, 0.0, exc.code, error)
+    # Redis busy, full, loading, read-only or failing over: later. One of our scripts refusing its input or
+    # failing: the same input fails again, so at once (the scripts write nothing before they can finish).
+    failure = classify(exc, SCRIPT_NAMES)
+    if failure is not None and not failure.transient:
+        return Decision(False, 0.0, failure.code, error)
     if attempt >= max_attempts:
         ours = isinstance(exc, TransientError | GatewayTransientError)
         return Decision(False, 0.0, "attempts_exhausted" if ours else type(exc).__name__, error)

@@ -17,10 +17,19 @@ import httpx
 from redis.asyncio import Redis
 from runinfra_webhooks.handlers.registry import Registry
 from runinfra_webhooks.service.core.audit import verify_entries
+from runinfra_webhooks.service.core.audit_file import AuditFileError, ExportTrailer, parse_lines
 from runinfra_webhooks.service.core.signature import sign
 from runinfra_webhooks.service.gc_tuning import settle_after_startup
 from runinfra_webhooks.service.settings import ReceiverSettings, StoreSettings, WorkerSettings
-from runinfra_webhooks.service.storage.audit_store import audit_base, audit_head, iter_audit
+from runinfra_webhooks.service.storage.audit_store import (
+    CorruptPointer,
+    audit_base,
+    audit_head,
+    inline_bodies,
+    iter_audit,
+    referenced_bodies,
+    resolve_bodies,
+)
 from runinfra_webhooks.service.storage.connection import connect
 from runinfra_webhooks.service.storage.records import EventRecord, Records, ReplayRefused
 from runinfra_webhooks.service.tracing import Tracing, setup_tracing
@@ -58,14 +67,19 @@ def serve(settings: ReceiverSettings, registry: Registry, host: str, port: int) 
     import uvicorn
     from runinfra_webhooks.service.logs import configure_logging
     from runinfra_webhooks.service.receiver.app import create_app
+    from runinfra_webhooks.service.receiver.edge import EdgeLimits, bounded_protocol
 
     tracing = setup_tracing("receiver", os.environ)
     configure_logging(settings.log_level, extra_processors=tracing.log_processors())
     _log_tracing(tracing)
     app = create_app(settings, registry=registry, tracing=tracing)
     settle_after_startup()  # process-wide, so here at the process's entry rather than in the app factory
+    protocol = bounded_protocol(EdgeLimits(max_header_bytes=settings.max_header_bytes,
+                                           header_timeout=settings.header_timeout,
+                                           max_connections=settings.max_connections))
     # Every delivery is logged once by the receiver with its outcome; uvicorn's access log would repeat it.
-    uvicorn.run(app, host=host, port=port, access_log=False, log_config=None, timeout_graceful_shutdown=10)
+    uvicorn.run(app, host=host, port=port, access_log=False, log_config=None, timeout_graceful_shutdown=10,
+                http=protocol)
     return 0
 
 
@@ -265,61 +279,137 @@ def _output(path: str | None) -> Iterator[IO[str]]:
         yield f
 
 
-async def audit_export(settings: StoreSettings, out: str | None) -> int:
+def _read_export(path: Path) -> tuple[list[tuple[str, dict[bytes, bytes]]], ExportTrailer | None]:
+    """Entries and trailer of an export or archive file; AuditFileError / OSError name what is wrong."""
+    with path.open(encoding="utf-8") as f:
+        return parse_lines(f)
+
+
+async def audit_export(settings: ReceiverSettings, out: str | None) -> int:
     from runinfra_webhooks.service.core.audit import entry_as_json
 
-    count = 0
     async with _redis(settings) as redis:
-        with _output(out) as f:
-            async for stream_id, fields in iter_audit(redis):
-                f.write(json.dumps(entry_as_json(stream_id, fields)) + "\n")
-                count += 1
-                if count % 10_000 == 0:
-                    _err(f"exported {count} entries")
-        seq, head = await audit_head(redis)
+        try:
+            # Base and head first: entries received during the export (after the head) are left out, so the
+            # file ends exactly at the head its trailer names.
+            base_seq, base_hash = await audit_base(redis)
+            head_seq, head_hash = await audit_head(redis)
+        except CorruptPointer as exc:
+            _err(f"audit export: {exc}")
+            return 1
+        entries = [e async for e in iter_audit(redis)]
+        entries = [e for e in entries if not (e[1].get(b"seq", b"").isdigit() and int(e[1][b"seq"]) > head_seq)]
+        entries = inline_bodies(entries, await resolve_bodies(redis, referenced_bodies(entries)))
+    trailer = ExportTrailer(count=len(entries), base_seq=base_seq, base_hash=base_hash, head_seq=head_seq,
+                            head_hash=head_hash, exported_ms=time.time_ns() // 1_000_000)
+    secrets = settings.secret_values()
+    if secrets:
+        trailer = trailer.signed(secrets[0])
+    with _output(out) as f:
+        for count, (stream_id, fields) in enumerate(entries, start=1):
+            f.write(json.dumps(entry_as_json(stream_id, fields)) + "\n")
+            if count % 10_000 == 0:
+                _err(f"exported {count} entries")
+        f.write(trailer.as_line() + "\n")
     # The head is the anchor: keep it somewhere else, and a later rewrite of the chain is detectable.
-    _err(json.dumps({"exported": count, "head_seq": seq, "head_hash": head}))
+    _err(json.dumps({"exported": len(entries), "head_seq": head_seq, "head_hash": head_hash}))
     return 0
 
 
-def _from_export_line(line: str) -> tuple[str, dict[bytes, bytes]]:
-    obj = json.loads(line)
-    stream_id = obj.pop("stream_id")
-    fields: dict[bytes, bytes] = {}
-    for name, value in obj.items():
-        if name.endswith("_hex"):
-            fields[name[:-4].encode()] = bytes.fromhex(value)
+def _check_cut(entries: list[tuple[str, dict[bytes, bytes]]], trailer: ExportTrailer | None,
+               secrets: tuple[bytes, ...], *, archive: bool = False) -> str | None:
+    """Why an export (or archive) file is not whole, or None."""
+    if trailer is None:
+        return "no export trailer: the file was cut at the end (or written by an older version)"
+    if trailer.mac and not trailer.authentic(secrets):
+        return "the export trailer's MAC does not verify with the configured secrets"
+    if not trailer.mac and not archive:
+        _err("note: the trailer carries no MAC (an archive written by a worker): compare its head with an anchor")
+    if trailer.count != len(entries):
+        return f"the trailer counts {trailer.count} entries, the file holds {len(entries)}"
+    if not entries:
+        return None if trailer.head_seq == trailer.base_seq else "no entries, but the trailer names a head"
+    first, last = entries[0][1], entries[-1][1]
+    if first.get(b"seq") != str(trailer.base_seq + 1).encode() or first.get(b"prev") != trailer.base_hash.encode():
+        return f"the first entry does not follow the base (seq {trailer.base_seq}): the file was cut at the start"
+    if last.get(b"seq") != str(trailer.head_seq).encode() or last.get(b"hash") != trailer.head_hash.encode():
+        return f"the last entry is not the head (seq {trailer.head_seq}): the file was cut at the end"
+    return None
+
+
+async def audit_verify(settings: ReceiverSettings, file: str | None, anchor: str | None, archive: str | None = None
+                       ) -> int:
+    secrets = settings.secret_values()
+    bodies: dict[str, bytes] = {}
+    head: tuple[int, str] | None = None
+    archived: list[tuple[str, dict[bytes, bytes]]] = []
+    try:
+        if file is not None:
+            entries, trailer = _read_export(Path(file))
+            cut = _check_cut(entries, trailer, secrets)
+            if cut is not None:
+                _err(f"{file}: export_cut: {cut}")
+                return 1
+            assert trailer is not None
+            base_seq, base_hash = trailer.base_seq, trailer.base_hash
         else:
-            fields[name.encode()] = str(value).encode()
-    return stream_id, fields
-
-
-async def audit_verify(settings: ReceiverSettings, file: str | None, anchor: str | None) -> int:
-    head: tuple[int, str] | None = None  # an exported file carries no head to check against
-    if file is not None:
-        with open(file, encoding="utf-8") as f:
-            entries = [_from_export_line(line) for line in f if line.strip()]
-        base_seq = int(entries[0][1][b"seq"]) - 1 if entries else 0
-        base_hash = entries[0][1][b"prev"].decode() if entries else ""
-    else:
-        async with _redis(settings) as redis:
-            base_seq, base_hash = await audit_base(redis)
-            entries = [e async for e in iter_audit(redis)]
-            head = await audit_head(redis)
-    checked, problem = verify_entries(entries, secrets=settings.secret_values(), tolerance=settings.tolerance,
-                                      base_seq=base_seq, base_hash=base_hash)
-    last = (int(entries[-1][1][b"seq"]), entries[-1][1][b"hash"].decode()) if entries else (base_seq, base_hash)
-    if problem is None and head is not None and last != head:
-        _err(f"the newest entry (seq {last[0]}) is not the recorded head (seq {head[0]}): entries were removed "
-             "at the end")
+            if archive is not None:
+                files = sorted(Path(archive).glob("audit-*.jsonl"))
+                if not files:
+                    _err(f"{archive}: no audit archive files (audit-*.jsonl)")
+                    return 1
+                for path in files:
+                    part, trailer = _read_export(path)
+                    cut = _check_cut(part, trailer, secrets, archive=True)
+                    if cut is not None:
+                        _err(f"{path}: export_cut: {cut}")
+                        return 1
+                    archived.extend(part)
+            async with _redis(settings) as redis:
+                base_seq, base_hash = await audit_base(redis)
+                entries = [e async for e in iter_audit(redis)]
+                head = await audit_head(redis)
+                bodies = await resolve_bodies(redis, referenced_bodies(entries))
+    except FileNotFoundError as exc:
+        _err(f"cannot read {exc.filename}: no such file")
         return 1
-    hashes = {e[1][b"hash"].decode() for e in entries} | {base_hash}
+    except (OSError, UnicodeDecodeError) as exc:
+        _err(f"cannot read {file or archive}: {exc}")
+        return 1
+    except (AuditFileError, CorruptPointer) as exc:
+        _err(f"{file or archive or 'audit'}: malformed_entry: {exc}")
+        return 1
+    if archived:
+        # The archive and Redis must be one chain, and Redis's base must be the last archived entry: a base
+        # moved past entries that were never archived (trimmed by hand) is caught here.
+        last_archived = archived[-1][1]
+        if (str(base_seq).encode(), base_hash.encode()) != (last_archived.get(b"seq"), last_archived.get(b"hash")):
+            _err(f"base_mismatch: Redis's audit base (seq {base_seq}) is not the last archived entry "
+                 f"(seq {last_archived.get(b'seq', b'?').decode()}): entries were removed without being archived")
+            return 1
+        first = archived[0][1]
+        first_seq = first.get(b"seq", b"")
+        if not first_seq.isdigit():
+            _err("malformed_entry: the first archived entry has no decimal seq")
+            return 1
+        base_seq, base_hash = int(first_seq) - 1, first.get(b"prev", b"").decode()
+        if base_seq != 0:
+            _err(f"note: the archive starts at seq {base_seq + 1}; older entries are not checked")
+        entries = archived + entries
+    checked, problem = verify_entries(entries, secrets=secrets, tolerance=settings.tolerance,
+                                      base_seq=base_seq, base_hash=base_hash, bodies=bodies.get)
     if problem is not None:
         _err(f"audit entry seq={problem.seq} id={problem.stream_id}: {problem.code}: {problem.detail}")
         _err(f"{checked} entries verified before it")
         return 1
+    last = (int(entries[-1][1][b"seq"]), entries[-1][1][b"hash"].decode()) if entries else (base_seq, base_hash)
+    if head is not None and last != head:
+        _err(f"head_mismatch: the newest entry (seq {last[0]}) is not the recorded head (seq {head[0]}): entries "
+             "were removed at the end")
+        return 1
+    hashes = {e[1].get(b"hash", b"").decode() for e in entries} | {base_hash}
     if anchor is not None and anchor not in hashes:
         _err(f"anchor {anchor} is not in the chain: the log was rewritten or trimmed past it")
         return 1
-    _err(f"audit log ok: {checked} entries, signatures and chain verified")
+    _err(f"audit log ok: {checked} entries, signatures, MACs and chain verified")
     return 0

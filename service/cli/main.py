@@ -98,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     audit_verify.add_argument("--file", default=None, help="verify an exported file instead of Redis")
     audit_verify.add_argument("--anchor", default=None, metavar="HASH",
                               help="a head hash exported earlier that the chain must still contain")
+    audit_verify.add_argument("--archive", default=None, metavar="DIR",
+                              help="also verify the archives written before trims (audit-*.jsonl in DIR) and "
+                                   "that Redis's base is the last archived entry")
     return p
 
 
@@ -158,9 +161,11 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "send":
         return commands.send(load_settings(ReceiverSettings, **dev_settings), args.type,
                              url=args.url or dev_url or DEFAULT_SEND_URL, data=args.data, event_id=args.id)
-    if args.command == "audit" and args.audit_command == "verify":
-        verify = load_settings(ReceiverSettings, **dev_settings)
-        return asyncio.run(commands.audit_verify(verify, args.file, args.anchor))
+    if args.command == "audit":  # verify checks MACs and signatures; export signs its trailer
+        audit = load_settings(ReceiverSettings, **dev_settings)
+        if args.audit_command == "verify":
+            return asyncio.run(commands.audit_verify(audit, args.file, args.anchor, args.archive))
+        return asyncio.run(commands.audit_export(audit, args.out))
 
     # The rest only read or change stored state: Redis, no secret.
     store = load_settings(StoreSettings, **{k: v for k, v in dev_settings.items() if k == "REDIS_URL"})
@@ -171,7 +176,6 @@ def _dispatch(args: argparse.Namespace) -> int:
         ("corpus", "export"): lambda: commands.corpus_export(store, args.collection),
         ("dead-letter", "list"): lambda: commands.dead_letter_list(store, as_json=args.json),
         ("replay", None): lambda: commands.replay(store, args.event_id, all_dead=args.all_dead_lettered),
-        ("audit", "export"): lambda: commands.audit_export(store, args.out),
     }
     sub_attr = {"events": "events_command", "corpus": "corpus_command", "dead-letter": "dead_command",
                 "audit": "audit_command"}.get(args.command)

@@ -3,43 +3,98 @@
 Each verified delivery becomes one Redis stream entry, written by the ingest script in the same atomic
 step as the dedup mark and the job. An entry carries:
 
-* ``digest``: SHA-256 over its content (event id, receive time, request id, matched secret index, the
-  signature header as received, the raw body), computed by the receiver;
+* ``delivery_id``: a random id the receiver makes per delivery, so no two genuine entries are alike;
+* ``digest``: SHA-256 over its content (delivery id, event id, receive time, request id, matched secret
+  index, the signature header as received, and the SHA-256 of the raw body), computed by the receiver;
+* ``mac``: HMAC-SHA256 over the outcome and the digest, keyed from the webhook secret that verified the
+  delivery (``entry_key``). That secret never enters Redis, so write access to Redis alone cannot make an
+  entry with a new digest (another receive time, another body) verify;
 * ``seq``: 1, 2, 3, ... with no gaps;
 * ``prev`` and ``hash``: ``hash = SHA-1(prev + "\\n" + seq + "\\n" + outcome + "\\n" + digest)``, computed inside
-  Redis (Lua offers SHA-1 only) so that the chain and the entry are one atomic write.
+  Redis (Lua offers SHA-1 only) so that the chain and the entry are one atomic write;
+* ``body`` inline, or empty with ``body_ref`` = the body's SHA-256 when a duplicate's body is kept once
+  in a content-addressed key (``keys.audit_body``); exports resolve the reference.
 
-``verify_entries`` recomputes every digest and link, checks the sequence, and re-verifies each stored
-signature against the configured secrets. It detects an edited entry (digest or link breaks), a removed
-one (sequence gap, link breaks) and a reordering (link breaks). It cannot detect someone with write access
-who rewrites the whole chain from the edit onwards; an exported head (``seq`` + ``hash``) kept elsewhere
-anchors it: a rewritten chain no longer ends in that hash.
+``verify_entries`` recomputes every digest, MAC and link, checks the sequence, refuses a delivery id seen
+twice (a copied entry), and re-verifies each stored signature against the configured secrets. It detects an
+edited entry (digest or MAC or link breaks), a removed one (sequence gap, link breaks), a reordering (link
+breaks), a copy (delivery id repeated) and a made-up entry (MAC). What it cannot detect from Redis alone is
+a cut at the newest end together with the head moved back; an exported head (``seq`` + ``hash``) kept
+elsewhere anchors it.
+
+Entries written before delivery ids and MACs existed (no ``mac`` field) are verified as before, and only
+as a prefix of the chain: after the first entry with a MAC, every entry must carry one.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+import hmac
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from runinfra_webhooks.service.core import signature
 
-__all__ = ["GENESIS", "AuditProblem", "chain_hash", "entry_digest", "verify_entries"]
+__all__ = [
+    "GENESIS", "AuditProblem", "EntryMac", "body_sha256", "chain_hash", "entry_as_json", "entry_digest", "entry_key",
+    "entry_mac", "verify_entries",
+]
 
 GENESIS = "0" * 40
+_KEY_LABEL = b"runinfra-webhooks audit entry key v1"
 
 
-def entry_digest(
-    *, event_id: str, received_ms: int, request_id: str, secret_index: int, header: bytes, body: bytes
-) -> str:
+def _length_prefixed(parts: Iterable[bytes]) -> str:
     h = hashlib.sha256()
     # Length-prefixed fields: no two different entries serialise to the same bytes.
-    for part in (event_id.encode(), str(received_ms).encode(), request_id.encode(), str(secret_index).encode(),
-                 header, body):
+    for part in parts:
         h.update(len(part).to_bytes(8, "big"))
         h.update(part)
     return h.hexdigest()
+
+
+def body_sha256(body: bytes) -> bytes:
+    return hashlib.sha256(body).digest()
+
+
+def entry_digest(
+    *, event_id: str, received_ms: int, request_id: str, secret_index: int, header: bytes, body: bytes,
+    delivery_id: str | None = None, body_hash: bytes | None = None,
+) -> str:
+    """The entry's content digest. With ``delivery_id`` (entries that carry a MAC) the body enters as its
+    SHA-256 (``body_hash``, computed from ``body`` when not given); without, as the legacy format did."""
+    common = (event_id.encode(), str(received_ms).encode(), request_id.encode(), str(secret_index).encode(),
+              header)
+    if delivery_id is None:
+        return _length_prefixed((*common, body))
+    return _length_prefixed((delivery_id.encode(), *common, body_hash or body_sha256(body)))
+
+
+def entry_key(secret: bytes) -> bytes:
+    """The MAC key of entries verified with ``secret``: derived from it, never stored anywhere."""
+    return hmac.new(secret, _KEY_LABEL, hashlib.sha256).digest()
+
+
+class EntryMac:
+    """HMAC-SHA256 with one key (RFC 2104, the same bytes as ``hmac``), its padded key states hashed once:
+    the receiver computes two MACs per delivery, and OpenSSL's one-shot HMAC costs twice as much."""
+
+    def __init__(self, key: bytes) -> None:
+        block = key.ljust(64, b"\0")  # entry keys are 32 bytes, below SHA-256's 64-byte block
+        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in block))
+        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in block))
+
+    def __call__(self, outcome: str, digest: str) -> str:
+        inner = self._inner.copy()
+        inner.update(f"{outcome}\n{digest}".encode())
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.hexdigest()
+
+
+def entry_mac(key: bytes, outcome: str, digest: str) -> str:
+    return hmac.new(key, f"{outcome}\n{digest}".encode(), hashlib.sha256).hexdigest()
 
 
 def chain_hash(prev: str, seq: int, outcome: str, digest: str) -> str:
@@ -51,12 +106,24 @@ def chain_hash(prev: str, seq: int, outcome: str, digest: str) -> str:
 class AuditProblem:
     seq: int
     stream_id: str
-    code: str  # digest_mismatch | chain_broken | sequence_gap | signature_invalid | base_mismatch
+    # malformed_entry | digest_mismatch | mac_invalid | mac_missing | duplicate_delivery | body_missing |
+    # chain_broken | sequence_gap | signature_invalid | base_mismatch | head_mismatch | export_cut
+    code: str
     detail: str
 
 
 def _text(entry: dict[bytes, bytes], field: str) -> str:
     return entry.get(field.encode(), b"").decode("utf-8", "replace")
+
+
+def _int(e: dict[bytes, bytes], field: str) -> int | None:
+    raw = e.get(field.encode())
+    if raw is None or not raw.isdigit() or len(raw) > 18:
+        return None
+    return int(raw)
+
+
+BodyLookup = Callable[[str], bytes | None]
 
 
 def verify_entries(
@@ -66,26 +133,64 @@ def verify_entries(
     tolerance: int,
     base_seq: int = 0,
     base_hash: str = GENESIS,
+    bodies: BodyLookup | None = None,
 ) -> tuple[int, AuditProblem | None]:
-    """Check entries in stream order; return (entries checked, first problem or None)."""
+    """Check entries in stream order; return (entries checked, first problem or None).
+
+    ``bodies`` resolves a ``body_ref`` (a body's SHA-256, hex) to the bytes; entries exported by
+    ``audit export`` carry their bodies inline.
+    """
     expected_seq, expected_prev = base_seq + 1, base_hash
+    keys = [entry_key(s) for s in secrets]
+    seen: set[bytes] = set()
+    macs_began = False
     checked = 0
     for stream_id, e in entries:
-        seq = int(_text(e, "seq") or 0)
+        seq = _int(e, "seq")
+        shown = seq if seq is not None else expected_seq
+        secret_index, received_ms = _int(e, "secret_index"), _int(e, "received_ms")
+        if seq is None or secret_index is None or received_ms is None:
+            bad = [f for f, v in (("seq", seq), ("secret_index", secret_index), ("received_ms", received_ms))
+                   if v is None]
+            return checked, AuditProblem(shown, stream_id, "malformed_entry",
+                                         f"{', '.join(bad)} missing or not a decimal integer")
         if seq != expected_seq:
             return checked, AuditProblem(seq, stream_id, "sequence_gap", f"expected seq {expected_seq}")
         if _text(e, "prev") != expected_prev:
             return checked, AuditProblem(seq, stream_id, "chain_broken", "prev does not match the entry before")
-        secret_index = int(_text(e, "secret_index") or -1)
-        received_ms = int(_text(e, "received_ms") or 0)
         header, body = e.get(b"header", b""), e.get(b"body", b"")
-        digest = entry_digest(
-            event_id=_text(e, "event_id"), received_ms=received_ms, request_id=_text(e, "request_id"),
-            secret_index=secret_index, header=header, body=body,
-        )
+        outcome, mac = _text(e, "outcome"), _text(e, "mac")
+        ref = _text(e, "body_ref")
+        if ref and not body:
+            found = bodies(ref) if bodies is not None else None
+            if found is None or hashlib.sha256(found).hexdigest() != ref:
+                return checked, AuditProblem(seq, stream_id, "body_missing",
+                                             f"the body it references ({ref[:16]}...) is not available")
+            body = found
+        if mac:
+            macs_began = True
+            delivery_id = e.get(b"delivery_id", b"")
+            if not delivery_id:
+                return checked, AuditProblem(seq, stream_id, "malformed_entry", "delivery_id missing")
+            if delivery_id in seen:
+                return checked, AuditProblem(seq, stream_id, "duplicate_delivery",
+                                             "an earlier entry has the same delivery id: a copy")
+            seen.add(delivery_id)
+            digest = entry_digest(
+                event_id=_text(e, "event_id"), received_ms=received_ms, request_id=_text(e, "request_id"),
+                secret_index=secret_index, header=header, body=body, delivery_id=delivery_id.decode(),
+            )
+        elif macs_began:
+            return checked, AuditProblem(seq, stream_id, "mac_missing",
+                                         "no MAC after entries that carry one: not written by the receiver")
+        else:
+            digest = entry_digest(
+                event_id=_text(e, "event_id"), received_ms=received_ms, request_id=_text(e, "request_id"),
+                secret_index=secret_index, header=header, body=body,
+            )
         if digest != _text(e, "digest"):
             return checked, AuditProblem(seq, stream_id, "digest_mismatch", "entry content was changed")
-        if chain_hash(expected_prev, seq, _text(e, "outcome"), digest) != _text(e, "hash"):
+        if chain_hash(expected_prev, seq, outcome, digest) != _text(e, "hash"):
             return checked, AuditProblem(seq, stream_id, "chain_broken", "hash does not match the entry")
         result = signature.verify(
             header.decode("utf-8", "replace"), body, secrets, tolerance, received_ms // 1000
@@ -93,6 +198,9 @@ def verify_entries(
         if result.outcome is not signature.Outcome.OK or result.secret_index != secret_index:
             detail = f"stored signature re-verifies as {result.outcome.value}"
             return checked, AuditProblem(seq, stream_id, "signature_invalid", detail)
+        if mac and not hmac.compare_digest(mac, entry_mac(keys[secret_index], outcome, digest)):
+            return checked, AuditProblem(seq, stream_id, "mac_invalid",
+                                         "the MAC does not match: the entry was not written by the receiver")
         expected_seq, expected_prev = seq + 1, _text(e, "hash")
         checked += 1
     return checked, None

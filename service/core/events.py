@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints,
 
 __all__ = [
     "CATALOGUE",
+    "MAX_CREATED",
     "DeploymentCreated",
     "DeploymentDeleted",
     "DeploymentFailed",
@@ -26,6 +27,8 @@ __all__ = [
     "parse_event",
     "parse_json_object",
 ]
+
+MAX_CREATED = 10**12 - 1  # the largest Unix time a signature's ``t`` can carry (12 digits)
 
 EventId = Annotated[str, StringConstraints(pattern=r"^[\x21-\x7e]{1,255}$")]
 EventType = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$", max_length=255)]
@@ -40,7 +43,9 @@ class Envelope(_Model):
 
     id: EventId
     type: EventType
-    created: StrictInt = Field(ge=0)
+    # Bounded like the signature's timestamp (at most 12 digits): every later comparison of ``created`` is
+    # exact (Lua compares it as a zero-padded digit string), and no value can overflow what Redis stores.
+    created: StrictInt = Field(ge=0, le=MAX_CREATED)
     data: dict[str, Any]
     object: str | None = None
     api_version: str | None = None

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 
 import structlog
@@ -20,8 +22,10 @@ from runinfra_webhooks.service.receiver.problems import (
 from runinfra_webhooks.service.receiver.request_id import RequestIdMiddleware, request_id_of
 from runinfra_webhooks.service.receiver.webhook import Receiver
 from runinfra_webhooks.service.settings import ReceiverSettings
+from runinfra_webhooks.service.storage import keys
 from runinfra_webhooks.service.storage.connection import STORAGE_ERRORS, connect, persistence
 from runinfra_webhooks.service.storage.ingest import Ingestor
+from runinfra_webhooks.service.storage.redis_errors import classify
 from runinfra_webhooks.service.tracing import NO_TRACING, Tracing
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -55,6 +59,8 @@ def create_app(settings: ReceiverSettings, *, redis: Redis | None = None, regist
             event_retention=settings.event_retention,
             dead_letter_retention=settings.dead_letter_retention,
             job_expiry_s=settings.lost_deadline,
+            secrets=settings.secret_values(),
+            audit_retention=settings.audit_retention,
         ),
         metrics=metrics,
         secrets=settings.secret_values(),
@@ -78,11 +84,19 @@ def create_app(settings: ReceiverSettings, *, redis: Redis | None = None, regist
         return JSONResponse({"status": "ok"})
 
     async def readyz(request: Request) -> Response:
+        # Ready means "a delivery would be accepted now": a PING passes while Redis refuses writes (maxmemory
+        # reached, CLIENT PAUSE WRITE, a read-only replica), so the probe is a write, bounded in time.
         try:
-            await client.ping()
+            async with asyncio.timeout(settings.ready_probe_timeout):
+                await client.set(keys.READY_PROBE, time.time_ns() // 1_000_000, px=60_000)
             p = await persistence(client)
-        except STORAGE_ERRORS:
-            raise Unavailable("Redis does not answer", headers={"Retry-After": "5"}) from None
+        except TimeoutError:
+            raise Unavailable("Redis did not accept a write in time (paused or overloaded)",
+                              headers={"Retry-After": "5"}) from None
+        except STORAGE_ERRORS as exc:
+            failure = classify(exc)
+            reason = failure.code if failure is not None else type(exc).__name__
+            raise Unavailable(f"Redis does not accept writes now ({reason})", headers={"Retry-After": "5"}) from None
         return JSONResponse({"status": "ready", "redis": "ok", "persistence": p.as_json()})
 
     async def metrics_endpoint(request: Request) -> Response:
@@ -103,7 +117,7 @@ def create_app(settings: ReceiverSettings, *, redis: Redis | None = None, regist
         log.error("receiver.unhandled", request_id=rid, error=type(exc).__name__)
         return problem_response(Problem("unexpected error; nothing was acknowledged"), rid)
 
-    return Starlette(
+    app = Starlette(
         routes=[
             Route("/webhooks/runinfra", receiver.endpoint, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
@@ -114,3 +128,7 @@ def create_app(settings: ReceiverSettings, *, redis: Redis | None = None, regist
         exception_handlers={Problem: render_problem, HTTPException: render_problem, Exception: render_problem},
         lifespan=lifespan,
     )
+    # A trailing-slash variant of a route would otherwise be answered 307 with a Location built from the
+    # client's Host header; every path is exact and anything else is a 404 or 405 problem document.
+    app.router.redirect_slashes = False
+    return app

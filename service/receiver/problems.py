@@ -10,6 +10,7 @@ from starlette.responses import Response
 __all__ = [
     "BodyTooLarge",
     "ClientDisconnected",
+    "IngestFailed",
     "InvalidEvent",
     "InvalidJSONBody",
     "MethodNotAllowed",
@@ -66,6 +67,12 @@ class InvalidEvent(Problem):
 
 class Unavailable(Problem):
     status, code, title = 503, "unavailable", "Storage unavailable; nothing was acknowledged"
+
+
+class IngestFailed(Problem):
+    """The ingest script refused the delivery (it wrote nothing); retrying the same bytes fails the same way."""
+
+    status, code, title = 500, "ingest_failed", "The delivery could not be stored; nothing was acknowledged"
 
 
 class NotFound(Problem):

@@ -26,11 +26,18 @@ from runinfra_webhooks.service.core.events import (
 )
 from runinfra_webhooks.service.receiver.body import read_limited_body
 from runinfra_webhooks.service.receiver.metrics import ReceiverMetrics
-from runinfra_webhooks.service.receiver.problems import InvalidEvent, InvalidJSONBody, SignatureRejected, Unavailable
+from runinfra_webhooks.service.receiver.problems import (
+    IngestFailed,
+    InvalidEvent,
+    InvalidJSONBody,
+    SignatureRejected,
+    Unavailable,
+)
 from runinfra_webhooks.service.receiver.request_id import request_id_of
 from runinfra_webhooks.service.settings import ReceiverSettings
 from runinfra_webhooks.service.storage.connection import STORAGE_ERRORS
 from runinfra_webhooks.service.storage.ingest import Delivery, Ingestor, IngestOutcome
+from runinfra_webhooks.service.storage.redis_errors import classify
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -162,8 +169,14 @@ class Receiver:
             return await self.ingestor.ingest(d)
         except STORAGE_ERRORS as exc:
             self.metrics.redis_errors.inc()
+            failure = classify(exc)
+            if failure is not None and not failure.transient:
+                self.metrics.delivered("ingest_failed")
+                log.error("webhook.ingest_refused", request_id=d.request_id, event_id=d.event_id,
+                          code=failure.code, error=failure.detail)
+                raise IngestFailed(f"the ingest script refused the delivery ({failure.code})") from None
             self.metrics.delivered("unavailable")
             log.warning("webhook.storage_failed", request_id=d.request_id, event_id=d.event_id,
-                        error=type(exc).__name__)
+                        error=type(exc).__name__, code=failure.code if failure is not None else "")
             raise Unavailable("Redis did not accept the delivery; retry later",
                               headers={"Retry-After": "5"}) from None

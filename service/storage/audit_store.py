@@ -6,23 +6,35 @@ import asyncio
 import json
 import os
 import tempfile
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 from redis.asyncio import Redis
 from runinfra_webhooks.service.core.audit import GENESIS, entry_as_json
+from runinfra_webhooks.service.core.audit_file import ExportTrailer
 from runinfra_webhooks.service.storage import keys
 
-__all__ = ["audit_base", "audit_head", "iter_audit", "trim_audit"]
+__all__ = ["TRIM_SCRIPT", "CorruptPointer", "audit_base", "audit_head", "inline_bodies", "iter_audit",
+           "referenced_bodies", "resolve_bodies", "trim_audit"]
 
 Entry = tuple[str, dict[bytes, bytes]]
 
 # Drop everything up to and including the archived entry, and move the chain's base to it, atomically.
+# The arguments are checked first, so a bad call writes nothing.
 _TRIM = """
+local function digits(v) return type(v) == 'string' and #v >= 1 and #v <= 18 and string.find(v, '^%d+$') ~= nil end
+if not string.find(ARGV[1], '^%d+%-%d+$') then return redis.error_reply('ERR audit.trim: bad stream id') end
+if not digits(ARGV[2]) then return redis.error_reply('ERR audit.trim: seq is not a decimal integer') end
+if #ARGV[3] ~= 40 or not string.find(ARGV[3], '^%x+$') then
+  return redis.error_reply('ERR audit.trim: hash is not a SHA-1')
+end
+-- writes
 local removed = redis.call('XTRIM', KEYS[1], 'MINID', ARGV[1])
 redis.call('HSET', KEYS[2], 'seq', ARGV[2], 'hash', ARGV[3])
 return removed
 """
+TRIM_SCRIPT = _TRIM
 
 
 async def iter_audit(redis: Redis, *, start: str = "-", end: str = "+", batch: int = 1000) -> AsyncIterator[Entry]:
@@ -36,9 +48,44 @@ async def iter_audit(redis: Redis, *, start: str = "-", end: str = "+", batch: i
         cursor = "(" + chunk[-1][0].decode()
 
 
+class CorruptPointer(ValueError):
+    """The audit head or base hash in Redis does not hold a decimal seq."""
+
+
 async def _pair(redis: Redis, key: str) -> tuple[int, str]:
     raw = await redis.hgetall(key)  # type: ignore[misc]
-    return int(raw.get(b"seq", b"0")), raw.get(b"hash", GENESIS.encode()).decode()
+    seq = raw.get(b"seq", b"0")
+    if not seq.isdigit():
+        msg = f"{key} holds seq={seq[:40]!r}, not a decimal integer"
+        raise CorruptPointer(msg)
+    return int(seq), raw.get(b"hash", GENESIS.encode()).decode("utf-8", "replace")
+
+
+def referenced_bodies(entries: list[Entry]) -> set[str]:
+    """The body digests (hex) that entries reference instead of holding the body."""
+    return {f[b"body_ref"].decode() for _, f in entries if f.get(b"body_ref") and not f.get(b"body")}
+
+
+async def resolve_bodies(redis: Redis, refs: set[str]) -> dict[str, bytes]:
+    """The bodies kept once by digest (``keys.audit_body``), for the references given; missing ones left out."""
+    wanted = sorted(refs)
+    found: dict[str, bytes] = {}
+    for start in range(0, len(wanted), 100):
+        chunk = wanted[start:start + 100]
+        values = await redis.mget([keys.audit_body(r) for r in chunk])
+        found.update({r: v for r, v in zip(chunk, values, strict=True) if v is not None})
+    return found
+
+
+def inline_bodies(entries: list[Entry], bodies: dict[str, bytes]) -> list[Entry]:
+    """Entries with each resolvable reference replaced by the body itself (what an export file holds)."""
+    out: list[Entry] = []
+    for stream_id, fields in entries:
+        ref = fields.get(b"body_ref", b"").decode()
+        if ref and not fields.get(b"body") and ref in bodies:
+            fields = {**fields, b"body": bodies[ref]}
+        out.append((stream_id, fields))
+    return out
 
 
 async def audit_base(redis: Redis) -> tuple[int, str]:
@@ -51,13 +98,14 @@ async def audit_head(redis: Redis) -> tuple[int, str]:
     return await _pair(redis, keys.AUDIT_HEAD)
 
 
-def _write_archive(target: Path, entries: list[Entry]) -> None:
+def _write_archive(target: Path, entries: list[Entry], trailer: ExportTrailer) -> None:
     """Atomically (temp file, fsync, rename): a crash leaves the old archive or the whole new one."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".audit-")
     with os.fdopen(fd, "w") as f:
         for stream_id, fields in entries:
             f.write(json.dumps(entry_as_json(stream_id, fields)) + "\n")
+        f.write(trailer.as_line() + "\n")
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, target)
@@ -76,8 +124,15 @@ async def trim_audit(redis: Redis, *, older_than_ms: int, archive_dir: Path | No
         return 0
     first_seq, last_id, last = old[0][1][b"seq"].decode(), old[-1][0], old[-1][1]
     if archive_dir is not None:
+        # Bodies kept once by digest go into the archive inline: it verifies without Redis.
+        old = inline_bodies(old, await resolve_bodies(redis, referenced_bodies(old)))
         name = f"audit-{int(first_seq):012d}-{int(last[b'seq']):012d}.jsonl"
-        await asyncio.to_thread(_write_archive, archive_dir / name, old)
+        # The same trailer as an export's (without a MAC: a worker need not hold the webhook secret), so an
+        # archive file verifies on its own with `audit verify --file` and a cut one is detected.
+        trailer = ExportTrailer(count=len(old), base_seq=int(first_seq) - 1,
+                                base_hash=old[0][1].get(b"prev", b"").decode(), head_seq=int(last[b"seq"]),
+                                head_hash=last[b"hash"].decode(), exported_ms=time.time_ns() // 1_000_000)
+        await asyncio.to_thread(_write_archive, archive_dir / name, old, trailer)
     trim = redis.register_script(_TRIM)
     removed = await trim(keys=[keys.AUDIT_STREAM, keys.AUDIT_BASE],
                          args=[_next_id(last_id), last[b"seq"], last[b"hash"]])

@@ -28,6 +28,8 @@ __all__ = [
     "DEPLOYMENTS",
     "INFLIGHT",
     "PROCESS_EVENT",
+    "READY_PROBE",
+    "audit_body",
     "corpora_by_model",
     "corpus_docs",
     "corpus_ids",
@@ -64,6 +66,16 @@ DEAD_LETTERS = f"{PREFIX}dead"  # zset event_id -> ms dead-lettered
 AUDIT_STREAM = f"{PREFIX}audit"  # stream: one entry per verified delivery (hash-chained)
 AUDIT_HEAD = f"{PREFIX}audit:head"  # hash: seq, hash of the newest entry
 AUDIT_BASE = f"{PREFIX}audit:base"  # hash: seq, hash of the last entry trimmed by retention
+
+
+def audit_body(sha256_hex: str) -> str:
+    """String: a duplicate delivery's raw body, kept once however often it is replayed; audit entries of
+    duplicates reference it by this digest (``body_ref``). PX = 2 x RUNINFRA_AUDIT_RETENTION from the last
+    reference, so it outlives every entry that references it (those are trimmed after one retention)."""
+    return f"{PREFIX}audit:body:{sha256_hex}"
+
+
+READY_PROBE = f"{PREFIX}ready-probe"  # string: ms of the last /readyz write probe. PX = 60 s
 
 # --- reactions -----------------------------------------------------------------------------------
 DEPLOYMENTS = f"{PREFIX}deployments"  # set of deployment ids

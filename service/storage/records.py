@@ -16,90 +16,136 @@ from runinfra_webhooks.service.core.trace_context import new_traceparent, trace_
 from runinfra_webhooks.service.storage import arq_job, keys
 from runinfra_webhooks.service.storage.coalesce import Coalescer
 
-__all__ = ["EventRecord", "Records", "ReplayRefused"]
+__all__ = [
+    "ADD_REQUEST_ID_SCRIPT", "FINISH_SCRIPT", "START_SCRIPT", "EventRecord", "Records", "ReplayRefused",
+]
 
 IN_FLIGHT = ("queued", "processing", "retrying")
 
-_START = """
+# Every script below checks its arguments and the stored fields it relies on, and computes what it will
+# write, before its first write: a script that fails (a corrupt field, a bad argument) has written nothing,
+# and Redis refuses a script for lack of memory or a read-only replica only at its first write. Failures are
+# error replies naming the script (see workers.retry: a script error is permanent, never retried).
+_CHECKS = """
+local function digits(v) return type(v) == 'string' and #v >= 1 and #v <= 18 and string.find(v, '^%d+$') ~= nil end
+-- A counter the script adds to: small enough that Lua's doubles hold it exactly and print it without exponent.
+local function counter(v) return digits(v) and #v <= 12 end
+local function fail(what) return redis.error_reply('ERR ' .. SCRIPT .. ': ' .. what) end
+"""
+
+
+def _script(name: str, body: str) -> str:
+    return f"local SCRIPT = '{name}'\n{_CHECKS}{body}"
+
+
+_START = _script("records.start", """
+if not digits(ARGV[2]) then return fail('now is not a decimal integer') end
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return -1 end
 if redis.call('HGET', KEYS[1], 'generation') ~= ARGV[1] then return -2 end
 if state ~= 'queued' and state ~= 'processing' and state ~= 'retrying' then return -3 end
-redis.call('HSET', KEYS[1], 'state', 'processing', 'updated_ms', ARGV[2])
+local attempts = redis.call('HGET', KEYS[1], 'attempts') or '0'
+if not counter(attempts) then return fail('stored attempts is not a decimal integer') end
+-- writes
+redis.call('HSET', KEYS[1], 'state', 'processing', 'updated_ms', ARGV[2], 'attempts', tostring(tonumber(attempts) + 1))
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
-redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 -- The record comes back with the transition: the job needs it next, and this saves a round trip.
 return redis.call('HGETALL', KEYS[1])
-"""
+""")
 
 # ARGV: generation, now, event id, new state, last error, reason, ttl (0 = none), only while in flight (1/0),
 #       reset attempts (1/0)
-_FINISH = """
+_FINISH = _script("records.finish", """
+if not digits(ARGV[2]) then return fail('now is not a decimal integer') end
+if not digits(ARGV[7]) then return fail('ttl is not a decimal integer') end
+local target = ARGV[4]
+if target ~= 'retrying' and target ~= 'succeeded' and target ~= 'dead_lettered' then return fail('unknown state') end
 if redis.call('HGET', KEYS[1], 'generation') ~= ARGV[1] then return 0 end
 if ARGV[8] == '1' then
   local state = redis.call('HGET', KEYS[1], 'state')
   if state ~= 'queued' and state ~= 'processing' and state ~= 'retrying' then return 0 end
 end
-redis.call('HSET', KEYS[1], 'state', ARGV[4], 'updated_ms', ARGV[2], 'last_error', ARGV[5], 'reason', ARGV[6])
-if ARGV[4] == 'retrying' then
+-- writes
+redis.call('HSET', KEYS[1], 'state', target, 'updated_ms', ARGV[2], 'last_error', ARGV[5], 'reason', ARGV[6])
+if target == 'retrying' then
   redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
 else
   redis.call('ZREM', KEYS[2], ARGV[3])
 end
-if ARGV[4] == 'dead_lettered' then redis.call('ZADD', KEYS[3], ARGV[2], ARGV[3]) end
-if tonumber(ARGV[7]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[7]) end
+if target == 'dead_lettered' then redis.call('ZADD', KEYS[3], ARGV[2], ARGV[3]) end
+if ARGV[7] ~= '0' then redis.call('EXPIRE', KEYS[1], ARGV[7]) end
 if ARGV[9] == '1' then redis.call('HSET', KEYS[1], 'attempts', 0) end
 return 1
-"""
+""")
 
-_ADD_REQUEST_ID = """
-local ids = cjson.decode(redis.call('HGET', KEYS[1], 'gateway_request_ids') or '[]')
+_ADD_REQUEST_ID = _script("records.add_request_id", """
+local ok, ids = pcall(cjson.decode, redis.call('HGET', KEYS[1], 'gateway_request_ids') or '[]')
+if not ok or type(ids) ~= 'table' then return fail('stored gateway_request_ids is not a JSON list') end
+for _, v in ipairs(ids) do
+  if type(v) ~= 'string' then return fail('stored gateway_request_ids holds a non-string') end
+end
 if #ids < 200 then table.insert(ids, ARGV[1]) end
-redis.call('HSET', KEYS[1], 'gateway_request_ids', cjson.encode(ids))
+local encoded = cjson.encode(ids)
+-- writes
+redis.call('HSET', KEYS[1], 'gateway_request_ids', encoded)
 return #ids
-"""
+""")
 
 # One handler of several finished within this generation: a later attempt skips it.
-_HANDLER_DONE = """
+_HANDLER_DONE = _script("records.handler_done", """
 if redis.call('HGET', KEYS[1], 'generation') ~= ARGV[1] then return 0 end
-local done = cjson.decode(redis.call('HGET', KEYS[1], 'handlers_done') or '[]')
+local ok, done = pcall(cjson.decode, redis.call('HGET', KEYS[1], 'handlers_done') or '[]')
+if not ok or type(done) ~= 'table' then return fail('stored handlers_done is not a JSON list') end
 table.insert(done, ARGV[2])
-redis.call('HSET', KEYS[1], 'handlers_done', cjson.encode(done))
+local text = cjson.encode(done)
+-- writes
+redis.call('HSET', KEYS[1], 'handlers_done', text)
 return 1
-"""
+""")
 
 # KEYS: event, inflight, dead, arq queue, arq job prefix. ARGV: event id, now, job expiry ms, job text before
-# and after the generation, replay traceparent
-_REPLAY = """
+# and after the generation (arq_job.py, the one owner of arq's format), replay traceparent
+_REPLAY = _script("records.replay", """
+if not digits(ARGV[2]) then return fail('now is not a decimal integer') end
+if not digits(ARGV[3]) or ARGV[3] == '0' then return fail('job expiry is not a positive integer') end
 if redis.call('HGET', KEYS[1], 'state') ~= 'dead_lettered' then return 0 end
-local gen = redis.call('HINCRBY', KEYS[1], 'generation', 1)
-redis.call('HSET', KEYS[1], 'state', 'queued', 'attempts', 0, 'updated_ms', ARGV[2], 'last_error', '',
-  'reason', '', 'gateway_request_ids', '[]', 'handlers_done', '[]')
--- The replay's own trace; 'traceparent' keeps the delivery's, which the replay's attempts link to.
-redis.call('HSET', KEYS[1], 'replay_traceparent', ARGV[6])
+local stored = redis.call('HGET', KEYS[1], 'generation') or '0'
+if not counter(stored) then return fail('stored generation is not a decimal integer') end
+local gen = tostring(tonumber(stored) + 1)
+local job_id = ARGV[1] .. '@' .. gen
+local job = ARGV[4] .. gen .. ARGV[5]
+-- writes
+redis.call('HSET', KEYS[1], 'generation', gen, 'state', 'queued', 'attempts', 0, 'updated_ms', ARGV[2],
+  'last_error', '', 'reason', '', 'gateway_request_ids', '[]', 'handlers_done', '[]',
+  -- The replay's own trace; 'traceparent' keeps the delivery's, which the replay's attempts link to.
+  'replay_traceparent', ARGV[6])
 redis.call('PERSIST', KEYS[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
-local job_id = ARGV[1] .. '@' .. gen
--- The job's text around the generation comes from arq_job.py, the one owner of arq's format.
-local job = ARGV[4] .. gen .. ARGV[5]
 redis.call('SET', KEYS[5] .. job_id, job, 'PX', ARGV[3])
 redis.call('ZADD', KEYS[4], ARGV[2], job_id)
-return gen
-"""
+return tonumber(gen)
+""")
 
 # Re-create a vanished arq job for an in-flight event (the sweep). ARGV: event id, generation, now, expiry, job
-_REQUEUE = """
+_REQUEUE = _script("records.requeue", """
+if not digits(ARGV[3]) then return fail('now is not a decimal integer') end
+if not digits(ARGV[4]) or ARGV[4] == '0' then return fail('job expiry is not a positive integer') end
 local state = redis.call('HGET', KEYS[1], 'state')
 if state ~= 'queued' and state ~= 'processing' and state ~= 'retrying' then return 0 end
 if redis.call('HGET', KEYS[1], 'generation') ~= ARGV[2] then return 0 end
 if redis.call('EXISTS', KEYS[2]) == 1 or redis.call('EXISTS', KEYS[4]) == 1 then return 0 end
+-- writes
 redis.call('SET', KEYS[2], ARGV[5], 'PX', ARGV[4])
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[6])
 redis.call('HSET', KEYS[1], 'state', 'queued', 'updated_ms', ARGV[3])
 redis.call('ZADD', KEYS[5], ARGV[3], ARGV[1])
 return 1
-"""
+""")
+
+
+# Public for sorting errors (service.redis_errors): a runtime error names its script by SHA-1 only.
+START_SCRIPT, FINISH_SCRIPT, ADD_REQUEST_ID_SCRIPT = _START, _FINISH, _ADD_REQUEST_ID
 
 
 class ReplayRefused(Exception):
