@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 from runinfra_webhooks.handlers.deployments import APPLY_SCRIPT
 from runinfra_webhooks.service.core.events import MAX_CREATED
-from runinfra_webhooks.service.storage import keys, records
+from runinfra_webhooks.service.storage import arq_job, keys, records
 from runinfra_webhooks.service.storage.audit_store import TRIM_SCRIPT
 from runinfra_webhooks.service.storage.ingest import _SCRIPT as INGEST_SCRIPT
 from runinfra_webhooks.service.storage.ingest import Delivery, Ingestor, IngestOutcome
@@ -157,10 +157,14 @@ def test_add_request_id_refuses_a_corrupt_list_and_writes_nothing(db: sync_redis
                                name="records.add_request_id")
 
 
+def _replay_args(now_ms: int) -> tuple[Any, ...]:
+    return (LONG_ID, now_ms, 86_400_000, *arq_job.payload_around_generation(LONG_ID, now_ms), "")
+
+
 def _replay(db: sync_redis.Redis, key: str) -> Any:
     script = records._REPLAY
-    return db.eval(script, 5, key, keys.INFLIGHT, keys.DEAD_LETTERS, keys.ARQ_QUEUE, keys.ARQ_JOB, LONG_ID,
-                   time.time_ns() // 1_000_000, 86_400_000)
+    return db.eval(script, 5, key, keys.INFLIGHT, keys.DEAD_LETTERS, keys.ARQ_QUEUE, keys.ARQ_JOB,
+                   *_replay_args(time.time_ns() // 1_000_000))
 
 
 def test_replay_bumps_the_largest_generation_exactly(db: sync_redis.Redis) -> None:
@@ -180,7 +184,7 @@ def test_replay_refuses_a_corrupt_generation_and_writes_nothing(db: sync_redis.R
     key = _event_record(db, state="dead_lettered", generation="x")
     db.zadd(keys.DEAD_LETTERS, {LONG_ID: 1})
     refuses_and_writes_nothing(db, records._REPLAY, 5, key, keys.INFLIGHT, keys.DEAD_LETTERS, keys.ARQ_QUEUE,
-                               keys.ARQ_JOB, LONG_ID, time.time_ns() // 1_000_000, 86_400_000, name="records.replay")
+                               keys.ARQ_JOB, *_replay_args(time.time_ns() // 1_000_000), name="records.replay")
 
 
 def test_requeue_refuses_a_bad_expiry_and_writes_nothing(db: sync_redis.Redis) -> None:

@@ -108,6 +108,7 @@ return 1
 _REPLAY = _script("records.replay", """
 if not digits(ARGV[2]) then return fail('now is not a decimal integer') end
 if not digits(ARGV[3]) or ARGV[3] == '0' then return fail('job expiry is not a positive integer') end
+if type(ARGV[4]) ~= 'string' or type(ARGV[5]) ~= 'string' then return fail('the job text is missing') end
 if redis.call('HGET', KEYS[1], 'state') ~= 'dead_lettered' then return 0 end
 local stored = redis.call('HGET', KEYS[1], 'generation') or '0'
 if not counter(stored) then return fail('stored generation is not a decimal integer') end
@@ -118,7 +119,7 @@ local job = ARGV[4] .. gen .. ARGV[5]
 redis.call('HSET', KEYS[1], 'generation', gen, 'state', 'queued', 'attempts', 0, 'updated_ms', ARGV[2],
   'last_error', '', 'reason', '', 'gateway_request_ids', '[]', 'handlers_done', '[]',
   -- The replay's own trace; 'traceparent' keeps the delivery's, which the replay's attempts link to.
-  'replay_traceparent', ARGV[6])
+  'replay_traceparent', ARGV[6] or '')
 redis.call('PERSIST', KEYS[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
