@@ -16,6 +16,7 @@ from arq import Retry
 from pydantic import ValidationError
 from runinfra_webhooks.handlers import HandlerContext, handlers_for
 from runinfra_webhooks.service.core.events import InvalidJSON, parse_event, parse_json_object
+from runinfra_webhooks.service.gateway.flow import GatewayHeld
 from runinfra_webhooks.workers.deps import WorkerDeps
 from runinfra_webhooks.workers.retry import decide
 
@@ -34,7 +35,7 @@ async def process_event(ctx: dict[str, Any], event_id: str, generation: int) -> 
     bound = log.bind(event_id=event_id, generation=generation, job_try=ctx.get("job_try"))
     record = await records.start(event_id, generation, _now_ms())
     if isinstance(record, int):
-        # -1 record gone, -2 superseded by a replay, -3 already finished: a late or repeated job.
+        # -1 record gone, -2 superseded by a replay, -3 already finished: a late or repeated job; -4 paused type.
         bound.info("event.skipped", code=record)
         return "skipped"
     attempt = record.attempts
@@ -65,6 +66,10 @@ async def process_event(ctx: dict[str, Any], event_id: str, generation: int) -> 
             for handler in handlers_for(event.type):
                 await handler(event, hctx)
     except Exception as exc:
+        if isinstance(exc, GatewayHeld):  # waited on gateway flow control (open circuit, limits): not an attempt
+            await records.retrying(event_id, generation, _now_ms(), exc.code, progressed=progressed, counted=False)
+            bound.info("event.waiting", error=exc.code, delay=round(exc.retry_after or 0.0, 3))
+            raise Retry(defer=exc.retry_after or 1.0) from None
         # An attempt that saved progress starts the count over (see HandlerContext.note_progress).
         d = decide(exc, attempt=1 if progressed else attempt, max_attempts=settings.max_attempts,
                    base=settings.retry_base, cap=settings.retry_cap)

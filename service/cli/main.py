@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker = sub.add_parser("worker", help="run the arq worker")
     worker.add_argument("--burst", action="store_true", help="exit once the queue is empty")
+    worker.add_argument("--metrics-port", type=int, default=None, metavar="P",
+                        help="serve Prometheus metrics at http://HOST:P/metrics")
+    worker.add_argument("--metrics-host", default="127.0.0.1", metavar="HOST")
 
     dev = sub.add_parser("dev", help="receiver + worker + gateway emulator (+ its own Redis) in one command")
     dev.add_argument("--port", type=int, default=8000)
@@ -85,6 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("event_id", nargs="?", metavar="ID")
     which.add_argument("--all-dead-lettered", action="store_true")
 
+    for name, verb in (("pause", "pause"), ("resume", "resume")):
+        cmd = sub.add_parser(name, help=f"{verb} processing of one event type, or of all (--all)")
+        target = cmd.add_mutually_exclusive_group(required=True)
+        target.add_argument("type", nargs="?", metavar="TYPE")
+        target.add_argument("--all", action="store_true", dest="all_types")
+
     audit = sub.add_parser("audit", help="the tamper-evident audit log")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True, metavar="SUBCOMMAND")
     audit_export = audit_sub.add_parser("export", help="write the log out as JSON lines")
@@ -123,7 +132,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "serve":
         return cli_ops.serve(_settings(need_secret=True), args.host, args.port)
     if args.command == "worker":
-        return cli_ops.worker(_settings(need_secret=False), burst=args.burst)
+        return cli_ops.worker(_settings(need_secret=False), burst=args.burst, metrics_port=args.metrics_port,
+                              metrics_host=args.metrics_host)
     if args.command == "send":
         return cli_ops.send(_settings(need_secret=True), args.type, url=args.url, data=args.data, event_id=args.id)
 
@@ -136,6 +146,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         ("corpus", "export"): lambda: cli_ops.corpus_export(settings, args.collection),
         ("dead-letter", "list"): lambda: cli_ops.dead_letter_list(settings, as_json=args.json),
         ("replay", None): lambda: cli_ops.replay(settings, args.event_id, all_dead=args.all_dead_lettered),
+        ("pause", None): lambda: cli_ops.pause(settings, None if args.all_types else args.type),
+        ("resume", None): lambda: cli_ops.resume(settings, None if args.all_types else args.type),
         ("audit", "export"): lambda: cli_ops.audit_export(settings, args.out),
         ("audit", "verify"): lambda: cli_ops.audit_verify(settings, args.file, args.anchor),
     }
