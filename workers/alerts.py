@@ -113,7 +113,8 @@ return sent
 # prefix, seen key prefix, gate key prefix, lag ms
 _DEAD_SCAN = _EMIT_FN + """
 local now = tonumber(ARGV[2])
-local cursor = tonumber(redis.call('GET', KEYS[2]) or '0')
+-- The first scan looks a minute back, not at every dead letter parked before alerts were turned on.
+local cursor = tonumber(redis.call('GET', KEYS[2]) or (now - 60000))
 local rows = redis.call('ZRANGEBYSCORE', KEYS[1], cursor, '+inf', 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[5]))
 local newest = cursor
 local sent = 0
