@@ -18,6 +18,8 @@ from starlette.routing import Route
 
 from tests.servers import serve_in_thread
 
+ALERT_SECRET = "whsec_alerts_test"
+
 
 @dataclass
 class AlertSink:
@@ -49,7 +51,7 @@ class AlertSink:
 
 
 @contextlib.contextmanager
-def alert_sink(secret: str = "whsec_alerts_test") -> Iterator[AlertSink]:
+def alert_sink(secret: str = ALERT_SECRET) -> Iterator[AlertSink]:
     sink = AlertSink(secret)
     app = Starlette(routes=[Route("/alerts", sink.endpoint, methods=["POST"])])
     with serve_in_thread(app) as base:

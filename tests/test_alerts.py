@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Iterator
@@ -73,10 +74,10 @@ async def test_failed_deliveries_are_retried_under_the_same_id(redis: Redis, sin
     await a.circuit("/chat/completions", "closed")
     for _ in range(3):
         await a.tick()
-        time.sleep(0.25)
+        await asyncio.sleep(0.25)
     assert len(sink.posts) >= 2 and sink.accepted() == []
     sink.down = False
-    time.sleep(0.25)
+    await asyncio.sleep(0.25)
     await a.tick()
     ids = {json.loads(body)["id"] for body, _ in sink.posts}
     assert len(ids) == 1
