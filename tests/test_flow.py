@@ -121,7 +121,7 @@ async def test_429_holds_the_route_for_every_worker_until_retry_after(redis: Red
     started = time.monotonic()
     await b.acquire(ROUTE)
     assert 0.3 < time.monotonic() - started < 1.0
-    assert [(s.route, s.state, s.failures) for s in await breaker_states(redis)] == [(ROUTE, "closed", 0)]
+    assert await breaker_states(redis) == []  # a 429 is not a breaker failure: nothing recorded
 
 
 async def test_breaker_opens_after_consecutive_failures_and_one_probe_closes_it(redis: Redis) -> None:

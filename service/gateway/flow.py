@@ -120,7 +120,9 @@ if kind == 'throttled' then
   kind = 'ok'  -- the gateway answered: it is up, only busy
 end
 if kind == 'none' then return '' end
-local state = redis.call('HGET', KEYS[1], 'state') or 'closed'
+local b = redis.call('HMGET', KEYS[1], 'state', 'failures')
+local state = b[1] or 'closed'
+if kind == 'ok' and state == 'closed' and (tonumber(b[2]) or 0) == 0 then return '' end  -- nothing to change
 redis.call('SADD', KEYS[4], ARGV[8])
 if state == 'half_open' then
   if ARGV[7] ~= '1' then return '' end  -- only the probe decides
