@@ -3,7 +3,8 @@
 ``RUNINFRA_GATEWAY_RATE_LIMIT`` is a comma list of ``<route>=<n>/s`` or ``<route>=<n>/m``;
 ``RUNINFRA_GATEWAY_CONCURRENCY`` a comma list of ``<route>=<n>``. A route is a gateway path such as
 ``/audio/speech``. A rate becomes the minimum spacing between two calls, in whole milliseconds rounded up
-(GCRA without burst): ``10/s`` is one call every 100 ms, so any one-second window holds at most 11.
+(GCRA without burst): ``10/s`` is one call every 100 ms, so any one-second window holds at most 11. The
+finest spacing is 1 ms: a rate above ``1000/s`` acts as ``1000/s``.
 """
 
 from __future__ import annotations
