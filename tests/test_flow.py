@@ -23,8 +23,10 @@ from runinfra_webhooks.service.gateway.flow import (
 )
 from runinfra_webhooks.service.gateway.limits import RouteLimits
 from runinfra_webhooks.service.storage.coalesce import Coalescer
+from runinfra_webhooks.service.storage.records import Records
 
 from tests.stubserver import STUB_API_KEY, StubServer
+from tests.test_pause import queue
 
 ROUTE = "/audio/speech"
 OK = GatewayResponse(200, b"{}", "application/json", "gw_1", False)
@@ -184,3 +186,36 @@ async def test_client_sends_nothing_once_the_circuit_is_open(redis: Redis, stub:
     finally:
         await client.aclose()
     assert len(stub.calls()) == 3
+
+
+async def test_client_waits_out_a_429_in_the_permit_not_in_its_own_sleep(redis: Redis, stub: StubServer) -> None:
+    """With flow control the client does not sleep after a 429: the next permit waits for the route's hold."""
+    stub.set_faults(route="/v1/audio/speech", script=[429], retry_after=0.4)
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    client = GatewayClient(stub.base_url, STUB_API_KEY, timeout=5, max_connections=4, max_attempts=3,
+                           retry_base=0.01, retry_cap=5.0, sleep=sleep, flow=flow(redis))
+    try:
+        response = await client.post(ROUTE, {"model": "m", "input": "hi", "voice": "v"}, idempotency_key="k-429")
+    finally:
+        await client.aclose()
+    first, second = stub.calls()
+    assert response.status == 200 and slept == []
+    assert second["arrived"] - first["answered"] >= 0.35
+
+
+async def test_an_attempt_that_only_waited_is_given_back(redis: Redis) -> None:
+    """retrying(counted=False) returns the attempt the job start counted: waiting is not failing."""
+    records = Records(redis, event_retention=600, dead_letter_retention=600, job_expiry_s=600)
+    await queue(redis, "transcription.completed", "evt_w1")
+    for _ in range(3):
+        await records.start("evt_w1", 0, 1)
+        await records.retrying("evt_w1", 0, 2, CIRCUIT_OPEN, counted=False)
+    await records.start("evt_w1", 0, 3)
+    await records.retrying("evt_w1", 0, 4, "gateway_unavailable status=503")
+    record = await records.get("evt_w1")
+    assert record is not None and (record.state, record.attempts, record.last_error) == (
+        "retrying", 1, "gateway_unavailable status=503")

@@ -52,6 +52,7 @@ __all__ = [
     "Permit",
     "breaker_states",
     "job_deadline",
+    "status_label",
 ]
 
 CIRCUIT_OPEN: Final = "circuit_open"  # breaker open, or its probe is out: nothing was sent
