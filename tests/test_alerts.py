@@ -15,7 +15,7 @@ from runinfra_webhooks.service.storage.records import Records
 from runinfra_webhooks.workers.alerts import BACKLOG_STALE, CIRCUIT_OPENED, EVENT_DEAD_LETTERED, Alerts
 
 from tests.alert_sink import AlertSink, alert_sink
-from tests.test_pause import queue
+from tests.queued import queue
 
 
 @pytest.fixture

@@ -25,8 +25,8 @@ from runinfra_webhooks.service.gateway.limits import RouteLimits
 from runinfra_webhooks.service.storage.coalesce import Coalescer
 from runinfra_webhooks.service.storage.records import Records
 
+from tests.queued import queue
 from tests.stubserver import STUB_API_KEY, StubServer
-from tests.test_pause import queue
 
 ROUTE = "/audio/speech"
 OK = GatewayResponse(200, b"{}", "application/json", "gw_1", False)

@@ -10,25 +10,15 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 from runinfra_webhooks.service.storage import keys
-from runinfra_webhooks.service.storage.ingest import Delivery, Ingestor, IngestOutcome
 from runinfra_webhooks.service.storage.pause import is_paused, pause, paused_types, resume
 from runinfra_webhooks.service.storage.records import Records
 
-from tests.builders import example_event
 from tests.processes import stack_env
+from tests.queued import queue
 
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-async def queue(redis: Redis, type_: str, event_id: str) -> None:
-    ingestor = Ingestor(redis, dedup_ttl=600, event_retention=600, dead_letter_retention=600, job_expiry_s=600)
-    event = example_event(type_, id=event_id)
-    delivery = Delivery(wanted=IngestOutcome.QUEUED, event_id=event_id, type=type_, created=event["created"],
-                        header=b"", body=json.dumps(event).encode(), request_id="req", secret_index=0,
-                        received_ms=now_ms())
-    assert await ingestor.ingest(delivery) is IngestOutcome.QUEUED
 
 
 def records(redis: Redis) -> Records:
