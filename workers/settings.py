@@ -124,7 +124,8 @@ def _flow_control(settings: Settings, records: Records, alerts: Alerts, metrics:
         breaker_cooldown=settings.breaker_cooldown,
         # A lease outlives the longest call; the wait for one ends early enough to leave room for the call.
         lease_s=settings.gateway_timeout + ARQ_MARGIN_S,
-        margin_s=min(settings.gateway_timeout, settings.job_timeout / 4),
+        # A job waits for a permit only while half its time or a whole gateway timeout, the smaller, is left.
+        margin_s=min(settings.gateway_timeout, settings.job_timeout / 2),
         retry_base=settings.retry_base,
         retry_cap=settings.retry_cap,
         on_transition=alerts.circuit if alerts.enabled else None,

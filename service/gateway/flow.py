@@ -26,6 +26,7 @@ import contextlib
 import random
 import time
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -238,6 +239,8 @@ class FlowControl:
         self._observe = observe
         self._rng = rng or random.Random()  # noqa: S311 - spreading retries, not cryptography
         self._turns: dict[str, asyncio.Lock] = {}
+        self._queued: Counter[str] = Counter()  # callers of each route waiting for their turn here
+        self._call_s = 0.2  # a moving average of calls' duration, for the comeback estimate
         self._freed: dict[str, asyncio.Event] = {}
 
     async def acquire(self, route: str) -> Permit:
@@ -246,12 +249,19 @@ class FlowControl:
         if not limits.limited:
             return await self._until_go(route, limits)
         turn = self._turns.setdefault(route, asyncio.Lock())
+        self._queued[route] += 1
         try:
             async with asyncio.timeout(self._remaining()):
                 await turn.acquire()
         except TimeoutError:
+            # Come back about when the calls queued here now will have gone (at the rate's spacing, or a call's
+            # time per concurrency slot), so that a long queue is not re-run every second.
+            per_call = max(limits.interval_ms / 1000, self._call_s / max(limits.concurrency, 1))
+            later = max(1.0, self._queued[route] * per_call)
             msg = f"gateway {route} limits would hold this call past the job's deadline"
-            raise GatewayHeld(msg, code=LIMIT_WAIT, retry_after=self._spread(1.0)) from None
+            raise GatewayHeld(msg, code=LIMIT_WAIT, retry_after=self._spread(later)) from None
+        finally:
+            self._queued[route] -= 1
         try:
             return await self._until_go(route, limits)
         finally:
@@ -261,6 +271,7 @@ class FlowControl:
                       *, attempt: int = 1) -> None:
         """Give the permit back with the attempt's outcome (None: cancelled before an answer)."""
         route = permit.route
+        self._call_s += 0.05 * (elapsed - self._call_s)
         if self._observe is not None:
             self._observe(route, status_label(outcome), elapsed)
         kind = _kind(outcome)

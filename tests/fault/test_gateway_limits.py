@@ -50,6 +50,7 @@ def test_rate_and_concurrency_limits_hold_at_the_gateway_across_three_workers(
         started = time.monotonic()
         final = wait_final(db, ids, timeout=120 + n / RATE, what="every event through the limits", procs=procs)
         total_s = time.monotonic() - started
+        deferred = sum(p.output().count('"event.waiting"') for p in procs)
 
     calls = [c for c in stub.calls() if c["route"] == "/v1/audio/speech"]
     arrivals = [c["arrived"] for c in calls]
@@ -64,6 +65,7 @@ def test_rate_and_concurrency_limits_hold_at_the_gateway_across_three_workers(
            most_calls_in_any_second=per_second, most_in_flight=in_flight,
            mean_calls_per_second=round((len(calls) - 1) / span, 2), processed=processed, charges=c.total,
            double_charged=c.double_charged, job_attempts=dict(sorted(attempts.items())),
+           job_runs_deferred_without_an_attempt=deferred,
            total_seconds=round(total_s, 1))
 
     assert processed == n, Counter((r["state"], r["last_error"]) for r in final.values())
