@@ -49,4 +49,6 @@ async def monitor_loop(redis: Redis, alerts: Alerts, metrics: WorkerMetrics | No
             await monitor_once(redis, alerts, metrics)
         except STORAGE_ERRORS as exc:  # Redis away: try again next round
             log.warning("monitor.failed", error=type(exc).__name__)
+        except Exception as exc:  # anything else must not end the loop: alerts and gauges would stop silently
+            log.error("monitor.failed", error=type(exc).__name__, detail=str(exc)[:200])
         await asyncio.sleep(INTERVAL_S)

@@ -118,8 +118,10 @@ async def events_show(settings: Settings, event_id: str) -> int:
 
     async with _redis(settings) as redis:
         record = await _records(settings, redis).get(event_id)
-        # Paused: its type is paused and it has not finished, so nothing of it is attempted until resume.
-        paused = record is not None and record.state == "queued" and await is_paused(redis, record.type)
+        # Paused: its type is paused and it has not started a new attempt, so nothing of it is attempted until
+        # resume (a retrying one is parked as queued when its next attempt would start).
+        paused = (record is not None and record.state in ("queued", "retrying")
+                  and await is_paused(redis, record.type))
     if record is None:
         _err(f"no event {event_id!r} (never received, or past its retention)")
         return 1
