@@ -275,7 +275,7 @@ class FlowControl:
         if self._observe is not None:
             self._observe(route, status_label(outcome), elapsed)
         kind = _kind(outcome)
-        if kind == "ok" and not permit.lease and not permit.probe and permit.failures == 0:
+        if not permit.lease and not permit.probe and (kind == "none" or (kind == "ok" and permit.failures == 0)):
             return  # nothing to change: the common case costs no second round trip
         hold_ms = 0
         if kind == "throttled":
