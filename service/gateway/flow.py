@@ -6,7 +6,8 @@ outcome (``release``). ``acquire`` is one Lua script that answers "go now" or "w
 order: the route's breaker (open: the call is not sent at all), its 429 hold, its concurrency leases (a
 sorted set of lease ids by expiry, so a crashed worker's lease simply expires) and its rate (GCRA without
 burst: one key holding the next allowed call time). Nothing is reserved for a call that has to wait, so
-the limit holds at the gateway whatever the number of workers.
+the limit holds at the gateway whatever the number of workers. The scripts read Redis's clock (``TIME``),
+so workers on hosts whose clocks differ still share one timeline.
 
 No polling storm: inside one process only the oldest waiter of a limited route talks to Redis (an
 ``asyncio.Lock`` hands the turn over in arrival order), and it sleeps exactly until the moment the script
@@ -66,10 +67,12 @@ MAX_HOLD_S = 300.0  # a hostile Retry-After cannot stop a route for longer
 # acquire verdicts
 _GO, _HELD, _RATE, _FULL, _OPEN, _PROBING = range(6)
 
-# KEYS: breaker, hold, rate, leases. ARGV: now ms, interval ms (0 = none), concurrency (0 = none), lease id,
-#       lease ms, probe ms. Reply: {verdict, wait ms, probe (1/0), consecutive failures}.
+# KEYS: breaker, hold, rate, leases. ARGV: interval ms (0 = none), concurrency (0 = none), lease id, lease ms,
+#       probe ms. Reply: {verdict, wait ms, probe (1/0), consecutive failures}.
 _ACQUIRE = """
-local now = tonumber(ARGV[1])
+-- Redis's clock, not the worker's: every worker on every host measures the same intervals.
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local b = redis.call('HMGET', KEYS[1], 'state', 'open_until', 'probe_until', 'failures')
 local state = b[1] or 'closed'
 local probe = 0
@@ -84,7 +87,7 @@ elseif state == 'half_open' then
 end
 local hold = tonumber(redis.call('GET', KEYS[2]) or '0')
 if hold > now then return {1, hold - now, 0, 0} end
-local limit = tonumber(ARGV[3])
+local limit = tonumber(ARGV[2])
 if limit > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
   if redis.call('ZCARD', KEYS[4]) >= limit then
@@ -92,30 +95,32 @@ if limit > 0 then
     return {3, math.max(1, tonumber(first[2]) - now), 0, 0}
   end
 end
-local interval = tonumber(ARGV[2])
+local interval = tonumber(ARGV[1])
 if interval > 0 then
   local tat = tonumber(redis.call('GET', KEYS[3]) or '0')
   if tat > now then return {2, tat - now, 0, 0} end
   redis.call('SET', KEYS[3], now + interval, 'PX', interval + 1000)
 end
 if limit > 0 then
-  redis.call('ZADD', KEYS[4], now + tonumber(ARGV[5]), ARGV[4])
-  redis.call('PEXPIRE', KEYS[4], tonumber(ARGV[5]) + 1000)
+  redis.call('ZADD', KEYS[4], now + tonumber(ARGV[4]), ARGV[3])
+  redis.call('PEXPIRE', KEYS[4], tonumber(ARGV[4]) + 1000)
 end
 if probe == 1 then
-  redis.call('HSET', KEYS[1], 'state', 'half_open', 'probe_until', now + tonumber(ARGV[6]))
+  redis.call('HSET', KEYS[1], 'state', 'half_open', 'probe_until', now + tonumber(ARGV[5]))
 end
 return {0, 0, probe, tonumber(b[4]) or 0}
 """
 
-# KEYS: breaker, hold, leases, routes set. ARGV: now ms, lease id ('' = none), kind (ok/fail/throttled/none),
+# KEYS: breaker, hold, leases, routes set. ARGV: lease id ('' = none), kind (ok/fail/throttled/none),
 #       hold ms, threshold, cooldown ms, probe (1/0), route. Reply: '' or the breaker's transition.
 _RELEASE = """
-local now = tonumber(ARGV[1])
-if ARGV[2] ~= '' then redis.call('ZREM', KEYS[3], ARGV[2]) end
-local kind = ARGV[3]
+-- Redis's clock, not the worker's: every worker on every host measures the same intervals.
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+if ARGV[1] ~= '' then redis.call('ZREM', KEYS[3], ARGV[1]) end
+local kind = ARGV[2]
 if kind == 'throttled' then
-  local hold_ms = tonumber(ARGV[4])
+  local hold_ms = tonumber(ARGV[3])
   if hold_ms > 0 and now + hold_ms > tonumber(redis.call('GET', KEYS[2]) or '0') then
     redis.call('SET', KEYS[2], now + hold_ms, 'PX', hold_ms)
   end
@@ -125,14 +130,14 @@ if kind == 'none' then return '' end
 local b = redis.call('HMGET', KEYS[1], 'state', 'failures')
 local state = b[1] or 'closed'
 if kind == 'ok' and state == 'closed' and (tonumber(b[2]) or 0) == 0 then return '' end  -- nothing to change
-redis.call('SADD', KEYS[4], ARGV[8])
+redis.call('SADD', KEYS[4], ARGV[7])
 if state == 'half_open' then
-  if ARGV[7] ~= '1' then return '' end  -- only the probe decides
+  if ARGV[6] ~= '1' then return '' end  -- only the probe decides
   if kind == 'ok' then
     redis.call('HSET', KEYS[1], 'state', 'closed', 'failures', 0)
     return 'closed'
   end
-  redis.call('HSET', KEYS[1], 'state', 'open', 'open_until', now + tonumber(ARGV[6]), 'failures', 0)
+  redis.call('HSET', KEYS[1], 'state', 'open', 'open_until', now + tonumber(ARGV[5]), 'failures', 0)
   return 'reopened'
 end
 if state == 'open' then return '' end  -- answers of calls sent before it opened change nothing
@@ -141,8 +146,8 @@ if kind == 'ok' then
   return ''
 end
 local failures = redis.call('HINCRBY', KEYS[1], 'failures', 1)
-if failures >= tonumber(ARGV[5]) then
-  redis.call('HSET', KEYS[1], 'state', 'open', 'open_until', now + tonumber(ARGV[6]), 'failures', 0)
+if failures >= tonumber(ARGV[4]) then
+  redis.call('HSET', KEYS[1], 'state', 'open', 'open_until', now + tonumber(ARGV[5]), 'failures', 0)
   return 'opened'
 end
 return ''
@@ -286,7 +291,7 @@ class FlowControl:
             hold_ms = round(min(wait, MAX_HOLD_S) * 1000)
         transition = await self._release(
             keys=[keys.flow_breaker(route), keys.flow_hold(route), keys.flow_leases(route), keys.FLOW_ROUTES],
-            args=[_now_ms(), permit.lease, kind, hold_ms, self._threshold, self._cooldown_ms, int(permit.probe),
+            args=[permit.lease, kind, hold_ms, self._threshold, self._cooldown_ms, int(permit.probe),
                   route],
         )
         if permit.lease:
@@ -304,7 +309,7 @@ class FlowControl:
             verdict, wait_ms, probe, failures = await self._acquire(
                 keys=[keys.flow_breaker(route), keys.flow_hold(route), keys.flow_rate(route),
                       keys.flow_leases(route)],
-                args=[_now_ms(), limits.interval_ms, limits.concurrency, lease, self._lease_ms, probe_ms],
+                args=[limits.interval_ms, limits.concurrency, lease, self._lease_ms, probe_ms],
             )
             if verdict == _GO:
                 return Permit(route, lease, bool(probe), int(failures))
@@ -346,10 +351,6 @@ class FlowControl:
 
     def _spread(self, seconds: float) -> float:
         return seconds * self._rng.uniform(0.5, 1.5)
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 async def breaker_states(redis: Any) -> list[BreakerState]:
