@@ -117,6 +117,20 @@ async def test_stale_backlog_is_alerted_with_the_oldest_age(redis: Redis, sink: 
     await a.aclose()
 
 
+async def test_events_held_by_a_pause_count_as_a_stale_backlog(redis: Redis, sink: AlertSink) -> None:
+    """A paused type's events wait as queued: past the backlog age they raise alert.backlog_stale too."""
+    a = alerts(redis, sink, backlog_age=5)
+    await queue(redis, "transcription.completed", "evt_parked")
+    await redis.zrem(keys.ARQ_QUEUE, "evt_parked@0")
+    await redis.hset(keys.event("evt_parked"), "received_ms", now_ms() - 7_000)
+    await redis.zadd(keys.PARKED, {"evt_parked": now_ms()})
+    await a.tick()
+    [alert] = sink.accepted()
+    assert alert["type"] == BACKLOG_STALE
+    assert 6.5 < alert["data"]["oldest_queued_age_seconds"] < 9
+    await a.aclose()
+
+
 async def test_without_alert_url_nothing_is_written(redis: Redis) -> None:
     """Alerts off: no outbox, no gates."""
     a = Alerts(redis, Coalescer(redis), url=None, secret=None, cooldown=1, backlog_age=1, retry_cap=1)

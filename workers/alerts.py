@@ -153,13 +153,24 @@ end
 return out
 """
 
-# Oldest runnable job that no worker is running yet. KEYS: arq queue. ARGV: now, in-progress prefix, limit.
+# Since when the oldest waiting event has waited (ms): the oldest runnable job no worker is running yet, or the
+# oldest event parked by a pause (since it was received). KEYS: arq queue, parked. ARGV: now, in-progress
+# prefix, limit, event key prefix.
 _OLDEST = """
+local oldest = false
 local rows = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[3]))
 for i = 1, #rows, 2 do
-  if redis.call('EXISTS', ARGV[2] .. rows[i]) == 0 then return rows[i + 1] end
+  if redis.call('EXISTS', ARGV[2] .. rows[i]) == 0 then
+    oldest = tonumber(rows[i + 1])
+    break
+  end
 end
-return false
+local parked = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+if parked[1] then
+  local received = tonumber(redis.call('HGET', ARGV[4] .. parked[1], 'received_ms') or parked[2])
+  if not oldest or received < oldest then oldest = received end
+end
+return oldest
 """
 
 
@@ -278,9 +289,10 @@ class Alerts:
 
 
 async def oldest_queued_age(redis: Redis, *, now_ms: int, scripts: Any = None) -> float | None:
-    """Seconds the oldest runnable, not yet running job has waited on arq's queue; None when there is none."""
+    """Seconds the oldest waiting event has waited: the oldest runnable job not yet running, or the oldest
+    event held by a pause (a paused backlog is a backlog too); None when nothing waits."""
     script = scripts if scripts is not None else redis.register_script(_OLDEST)
-    score = await script(keys=[keys.ARQ_QUEUE], args=[now_ms, keys.ARQ_IN_PROGRESS, 100])
+    score = await script(keys=[keys.ARQ_QUEUE, keys.PARKED], args=[now_ms, keys.ARQ_IN_PROGRESS, 100, keys.event("")])
     if score is None:
         return None
     return max(0.0, (now_ms - float(score)) / 1000)

@@ -33,7 +33,8 @@ class WorkerMetrics:
         self.queue_depth = Gauge("runinfra_worker_queue_depth", "Jobs on the queue (due, deferred or running)",
                                  registry=r)
         self.oldest_queued_age = Gauge("runinfra_worker_oldest_queued_age_seconds",
-                                       "How long the oldest runnable job not yet started has waited", registry=r)
+                                       "How long the oldest waiting event has waited: the oldest runnable job "
+                                       "not yet started, or the oldest event held by a pause", registry=r)
         self.breaker_state = Gauge("runinfra_worker_breaker_state", "1 for the current state of each route's "
                                    "circuit breaker, 0 for the others", ["route", "state"], registry=r)
         self.dead_letters = Gauge("runinfra_worker_dead_letters", "Events dead-lettered and retained", registry=r)
