@@ -750,12 +750,58 @@ def bench_drain(rd: RedisProc, out: Path, args: argparse.Namespace) -> dict[str,
     }
 
 
+# --- 1d: the gateway limiter's own cost -----------------------------------------------------------
+LIMITS_ABOVE_LOAD = {"RUNINFRA_GATEWAY_RATE_LIMIT": "/audio/speech=100000/s",
+                     "RUNINFRA_GATEWAY_CONCURRENCY": "/audio/speech=100000"}
+
+
+def bench_limits(rd: RedisProc, out: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Gateway-bound drain, one worker, without limits and with limits configured far above the load,
+    alternated (A B, B A, ...): what taking and giving back a permit costs per call."""
+    from runinfra_webhooks.service.settings import load_settings
+
+    ng = args.gateway_n
+    concurrency = load_settings(RUNINFRA_WEBHOOK_SECRET=SECRET).worker_concurrency
+    runs: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
+    with gateway_stub(out, args.latency) as (base_url, _):
+        for r in range(args.limits_repeats):
+            for kind in ("off", "on") if r % 2 == 0 else ("on", "off"):
+                tag = f"limits-{kind}-{r}"
+                artifacts = out / f"artifacts-{tag}"
+                env = {"RUNINFRA_BASE_URL": base_url, "RUNINFRA_API_KEY": "sk-stub",
+                       "RUNINFRA_TTS_MODEL": "tts-bench", "RUNINFRA_TTS_VOICE": "alloy",
+                       "RUNINFRA_FOLLOWUP_TEMPLATE": "Thanks!", "RUNINFRA_ARTIFACTS_DIR": str(artifacts),
+                       **(LIMITS_ABOVE_LOAD if kind == "on" else {})}
+                res = drain_real(rd, out, tag, ng, 1, ("transcription.completed",), env)
+                shutil.rmtree(artifacts, ignore_errors=True)
+                runs[kind].append(res)
+                log(fmt_drain(f"limits {kind} #{r}", res))
+    ceiling = concurrency / args.latency
+
+    def med(kind: str, f: Any) -> float:
+        return median([f(x) for x in runs[kind]])
+
+    return {
+        "gateway_n": ng, "ceiling": ceiling, "limits": LIMITS_ABOVE_LOAD,
+        "off_rate": med("off", lambda x: x["rate"]), "on_rate": med("on", lambda x: x["rate"]),
+        "ratio_on_off": median([a["rate"] / b["rate"] for a, b in zip(runs["on"], runs["off"], strict=True)]),
+        "on_ratio_to_ceiling": med("on", lambda x: x["rate"]) / ceiling,
+        "off_cpu_ms_per_job": med("off", lambda x: x["cpu_s"] / x["complete"] * 1000),
+        "on_cpu_ms_per_job": med("on", lambda x: x["cpu_s"] / x["complete"] * 1000),
+        "off_redis_calls_per_event": med("off", lambda x: x["redis_calls_per_event"]),
+        "on_redis_calls_per_event": med("on", lambda x: x["redis_calls_per_event"]),
+        "off_redis_cpu_us_per_event": med("off", lambda x: x["redis_cpu_us_per_event"]),
+        "on_redis_cpu_us_per_event": med("on", lambda x: x["redis_cpu_us_per_event"]),
+        "runs": runs,
+    }
+
+
 # --- main ------------------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--quick", action="store_true", help="shorter runs, fewer repeats (~2 minutes)")
     p.add_argument("--only", default="ingest,breakdown,rss,drain",
-                   help="comma-separated parts: ingest, breakdown, floor, edge, profile, rss, drain, tracing "
+                   help="comma-separated parts: ingest, breakdown, floor, edge, profile, rss, drain, tracing, limits "
                         "(default: ingest,breakdown,rss,drain)")
     p.add_argument("--profile", action="store_true", help="also run one receiver under py-spy")
     p.add_argument("--connections", type=int, default=50)
@@ -780,6 +826,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a.gateway_repeats = 1 if a.quick else 2
     a.tracing_repeats = 2 if a.quick else 3
     a.tracing_duration = 3.0 if a.quick else 5.0
+    a.limits_repeats = 2 if a.quick else 4
     parts = set(a.only.split(","))
     if a.profile:
         parts.add("profile")
@@ -834,6 +881,8 @@ def main(argv: list[str] | None = None) -> None:
             from bench.tracing import bench_tracing
 
             summary["tracing"] = bench_tracing(rd, out, args)
+        if "limits" in args.parts:
+            summary["limits"] = bench_limits(rd, out, args)
     finally:
         rd.stop()
         shutil.rmtree(out / "redis", ignore_errors=True)
@@ -906,6 +955,15 @@ def print_summary(s: dict[str, Any]) -> None:
         from bench.tracing import print_tracing
 
         print_tracing(s["tracing"])
+
+    if "limits" in s:
+        li = s["limits"]
+        print(f"   gateway-bound with limits above the load {li['on_rate']:.0f}/s vs without {li['off_rate']:.0f}/s: "
+              f"ratio {li['ratio_on_off']:.2f}; {li['on_ratio_to_ceiling']:.2f} x the ceiling "
+              f"{li['ceiling']:.0f}/s (target >= 0.8); worker CPU {li['on_cpu_ms_per_job']:.2f} vs "
+              f"{li['off_cpu_ms_per_job']:.2f} ms/job; Redis commands {li['on_redis_calls_per_event']:.1f} vs "
+              f"{li['off_redis_calls_per_event']:.1f}, Redis CPU {li['on_redis_cpu_us_per_event']:.0f} vs "
+              f"{li['off_redis_cpu_us_per_event']:.0f} us per event")
 
 
 if __name__ == "__main__":

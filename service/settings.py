@@ -11,8 +11,9 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, TypeVar, overload
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from runinfra_webhooks.service.gateway.limits import parse_concurrency, parse_rate_limits
 from runinfra_webhooks.service.storage.redis_url import parse_redis_url
 
 __all__ = ["ConfigError", "ReceiverSettings", "Settings", "StoreSettings", "WorkerSettings", "load_settings"]
@@ -133,6 +134,46 @@ class WorkerSettings(StoreSettings):
     sweep_interval: int = Field(30, alias="RUNINFRA_SWEEP_INTERVAL", gt=0)
     stuck_after: int = Field(120, alias="RUNINFRA_STUCK_AFTER", gt=0)
 
+    # --- flow control toward the gateway, pause, alerts --------------------------------------------------------
+    gateway_rate_limit: str = Field("", alias="RUNINFRA_GATEWAY_RATE_LIMIT")
+    gateway_concurrency: str = Field("", alias="RUNINFRA_GATEWAY_CONCURRENCY")
+    breaker_threshold: int = Field(5, alias="RUNINFRA_BREAKER_THRESHOLD", gt=0, le=1000)
+    breaker_cooldown: float = Field(30.0, alias="RUNINFRA_BREAKER_COOLDOWN", gt=0, le=86_400)
+    alert_url: str | None = Field(None, alias="RUNINFRA_ALERT_URL")
+    alert_secret: SecretStr | None = Field(None, alias="RUNINFRA_ALERT_SECRET")
+    alert_cooldown: float = Field(300.0, alias="RUNINFRA_ALERT_COOLDOWN", ge=0)
+    alert_backlog_age: float = Field(300.0, alias="RUNINFRA_ALERT_BACKLOG_AGE", gt=0)
+    alert_retry_cap: float = Field(60.0, alias="RUNINFRA_ALERT_RETRY_CAP", gt=0)
+
+    @field_validator("gateway_rate_limit")
+    @classmethod
+    def _rate_limit(cls, value: str) -> str:
+        parse_rate_limits(value)
+        return value
+
+    @field_validator("gateway_concurrency")
+    @classmethod
+    def _concurrency(cls, value: str) -> str:
+        parse_concurrency(value)
+        return value
+
+    @field_validator("alert_url")
+    @classmethod
+    def _alert_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            return None
+        if value is not None and not value.startswith(("http://", "https://")):
+            msg = "an http:// or https:// URL"
+            raise ValueError(msg)
+        return value
+
+    @model_validator(mode="after")
+    def _alerts_complete(self) -> WorkerSettings:
+        if self.alert_url is not None and (self.alert_secret is None or not self.alert_secret.get_secret_value()):
+            msg = "RUNINFRA_ALERT_SECRET: required setting is not set (RUNINFRA_ALERT_URL is)"
+            raise ValueError(msg)  # load_settings prints a cross-field message as it is
+        return self
+
 
 class Settings(ReceiverSettings, WorkerSettings):
     """Everything at once, for what runs both sides in one process (tests, benchmarks)."""
@@ -159,5 +200,7 @@ def load_settings(cls: type[BaseSettings] = Settings, /, **overrides: Any) -> Ba
         name = str(err["loc"][0]) if err["loc"] else "settings"
         kind = "missing" if err["type"] == "missing" else "invalid"
         reason = err["msg"].removeprefix("Value error, ")
+        if not err["loc"] and reason.startswith("RUNINFRA_"):
+            raise ConfigError(reason) from None  # a check across settings names its variable itself
         msg = f"{name}: {kind} setting ({reason})" if kind == "invalid" else f"{name}: required setting is not set"
         raise ConfigError(msg) from None

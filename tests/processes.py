@@ -35,6 +35,7 @@ def stack_env(redis_url: str, stub_base_url: str, artifacts: Path, **extra: str)
         RUNINFRA_SWEEP_INTERVAL="1",
         RUNINFRA_STUCK_AFTER="2",
         RUNINFRA_WORKER_POLL_DELAY="0.02",
+        RUNINFRA_BREAKER_COOLDOWN="2",
     )
     env.update(extra)
     return env

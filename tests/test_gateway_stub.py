@@ -153,6 +153,33 @@ def test_429_carries_retry_after(stub: StubServer) -> None:
     assert post(stub, "/embeddings", EMBED).headers["retry-after"] == "1"
 
 
+def test_fault_plan_with_duration_ends_by_itself(stub: StubServer) -> None:
+    """A plan set with a duration answers its faults for that long, then lets calls through again."""
+    stub.set_faults(route="/v1/embeddings", rates={"503": 1.0}, duration=0.4)
+    assert post(stub, "/embeddings", EMBED).status_code == 503
+    time.sleep(0.5)
+    assert post(stub, "/embeddings", EMBED).status_code == 200
+
+
+def test_calls_record_arrival_answer_and_in_flight(stub: StubServer) -> None:
+    """Each call says when it arrived and was answered and how many calls of its route were in flight."""
+    stub.set_faults(route="/v1/embeddings", latency=0.3)
+
+    async def three() -> None:
+        async with httpx.AsyncClient(base_url=stub.base_url, headers=AUTH) as client:
+            await asyncio.gather(*(client.post("/embeddings", json=EMBED) for _ in range(3)))
+
+    before = time.time()
+    asyncio.run(three())
+    calls = stub.calls()
+    assert sorted(c["in_flight"] for c in calls) == [1, 2, 3]
+    for c in calls:
+        assert before <= c["arrived"] <= c["answered"] <= time.time()
+        assert c["answered"] - c["arrived"] >= 0.29
+    post(stub, "/embeddings", EMBED)
+    assert stub.calls()[-1]["in_flight"] == 1
+
+
 def test_route_faults_leave_other_routes_alone(stub: StubServer) -> None:
     """A plan for one route does not touch another."""
     stub.set_faults(route="/v1/chat/completions", rates={"500": 1.0})
@@ -185,7 +212,8 @@ def test_timeout_fault_sleeps_then_answers_504(stub: StubServer) -> None:
 
 @pytest.mark.parametrize(
     "spec",
-    [{"script": ["boom"]}, {"script": [99]}, {"rates": {"500": 0.7, "429": 0.7}}, {"latency": -1}, {"route": 3}],
+    [{"script": ["boom"]}, {"script": [99]}, {"rates": {"500": 0.7, "429": 0.7}}, {"latency": -1}, {"route": 3},
+     {"duration": "soon"}],
 )
 def test_faults_endpoint_rejects_bad_spec(stub: StubServer, spec: dict[str, Any]) -> None:
     """A malformed fault plan is a 400, not a silently ignored setting."""

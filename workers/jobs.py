@@ -18,6 +18,7 @@ from redis.exceptions import ResponseError
 from runinfra_webhooks.handlers.context import HandlerContext
 from runinfra_webhooks.handlers.registry import Registration
 from runinfra_webhooks.service.core.events import CATALOGUE, Envelope, InvalidJSON, parse_event, parse_json_object
+from runinfra_webhooks.service.gateway.flow import GatewayHeld
 from runinfra_webhooks.service.storage.records import EventRecord
 from runinfra_webhooks.service.storage.redis_errors import classify
 from runinfra_webhooks.workers.deps import WorkerDeps
@@ -48,7 +49,7 @@ async def process_event(ctx: dict[str, Any], event_id: str, generation: int) -> 
         bound.warning("event.dead_lettered", reason=failure.code)
         return "dead_lettered"
     if isinstance(record, int):
-        # -1 record gone, -2 superseded by a replay, -3 already finished: a late or repeated job.
+        # -1 record gone, -2 superseded by a replay, -3 already finished: a late or repeated job; -4 paused type.
         bound.info("event.skipped", code=record)
         return "skipped"
     # The attempt's consumer span continues the trace kept in the record (a no-op without tracing).
@@ -98,6 +99,10 @@ async def _attempt(deps: WorkerDeps, record: EventRecord, generation: int, bound
                 if i < len(events) - 1:  # the last one's success is the event's own
                     await records.handler_done(event_id, generation, h.name)
     except Exception as exc:
+        if isinstance(exc, GatewayHeld):  # waited on gateway flow control (open circuit, limits): not an attempt
+            await records.retrying(event_id, generation, _now_ms(), exc.code, progressed=progressed, counted=False)
+            bound.info("event.waiting", error=exc.code, delay=round(exc.retry_after or 0.0, 3))
+            raise Retry(defer=exc.retry_after or 1.0) from None
         # An attempt that saved progress starts the count over (see HandlerContext.note_progress).
         d = decide(exc, attempt=1 if progressed else attempt, max_attempts=settings.max_attempts,
                    base=settings.retry_base, cap=settings.retry_cap)

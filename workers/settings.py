@@ -13,23 +13,32 @@ from collections.abc import Callable
 from typing import Any
 
 import structlog
-from arq import Worker
+from arq import Retry, Worker
 from arq.worker import func
 from runinfra_webhooks.handlers.registry import Registry, load_registry
 from runinfra_webhooks.service.gateway.client import GatewayClient
+from runinfra_webhooks.service.gateway.flow import FlowControl, job_deadline
+from runinfra_webhooks.service.gateway.limits import route_limits
 from runinfra_webhooks.service.settings import WorkerSettings
 from runinfra_webhooks.service.storage import arq_job
 from runinfra_webhooks.service.storage.connection import STORAGE_ERRORS, arq_redis_settings
 from runinfra_webhooks.service.storage.records import Records
 from runinfra_webhooks.service.tracing import NO_TRACING, Tracing
+from runinfra_webhooks.workers.alerts import Alerts
 from runinfra_webhooks.workers.deps import WorkerDeps
 from runinfra_webhooks.workers.jobs import process_event
+from runinfra_webhooks.workers.metrics import WorkerMetrics
+from runinfra_webhooks.workers.monitor import monitor_loop
 from runinfra_webhooks.workers.sweep import sweep_once
 
 __all__ = ["build_worker"]
 
 log = structlog.get_logger("workers.settings")
 ARQ_MARGIN_S = 5
+# arq counts every run of a job, also the ones that only waited on an open circuit or a gateway limit (which our
+# own attempt count gives back), so its loop guard sits far above RUNINFRA_MAX_ATTEMPTS.
+ARQ_EXTRA_TRIES = 10_000
+GATEWAY_ROUTES = ("/embeddings", "/chat/completions", "/audio/speech")
 REDIS_RETRY_S = 1.0
 
 
@@ -100,45 +109,88 @@ async def _sweep_loop(deps: WorkerDeps) -> None:
             log.warning("sweep.failed", error=type(exc).__name__)
 
 
+def _flow_control(settings: WorkerSettings, records: Records, alerts: Alerts, metrics: WorkerMetrics) -> FlowControl:
+    return FlowControl(
+        records.scripts,
+        limits=route_limits(settings.gateway_rate_limit, settings.gateway_concurrency),
+        breaker_threshold=settings.breaker_threshold,
+        breaker_cooldown=settings.breaker_cooldown,
+        # A lease outlives the longest call; the wait for one ends early enough to leave room for the call.
+        lease_s=settings.gateway_timeout + ARQ_MARGIN_S,
+        # A job waits for a permit only while half its time or a whole gateway timeout, the smaller, is left.
+        margin_s=min(settings.gateway_timeout, settings.job_timeout / 2),
+        retry_base=settings.retry_base,
+        retry_cap=settings.retry_cap,
+        on_transition=alerts.circuit if alerts.enabled else None,
+        observe=metrics.observe_call,
+    )
+
+
 def build_worker(settings: WorkerSettings, *, registry: Registry | None = None, burst: bool = False,
-                 after_startup: Callable[[], None] | None = None, tracing: Tracing = NO_TRACING) -> Worker:
+                 after_startup: Callable[[], None] | None = None, tracing: Tracing = NO_TRACING,
+                 metrics_port: int | None = None, metrics_host: str = "127.0.0.1") -> Worker:
     """``after_startup`` runs once the worker's long-lived state exists (the ``worker`` command settles the
     garbage collector there; tests build workers inside pytest and pass nothing). ``registry`` is loaded
     from the settings when not given (raises HandlerLoadError when a handler module does not load).
-    ``tracing`` comes from ``setup_tracing``: each job attempt gets its consumer span from it."""
+    ``tracing`` comes from ``setup_tracing``: each job attempt gets its consumer span from it.
+    ``metrics_port`` serves Prometheus text at ``/metrics``."""
     handlers = registry if registry is not None else load_registry(
         builtin=settings.builtin_reactions, modules=settings.handler_modules)
+    limits = route_limits(settings.gateway_rate_limit, settings.gateway_concurrency)
+    metrics = WorkerMetrics(routes=sorted({*GATEWAY_ROUTES, *limits}))
+
+    async def run_event(ctx: dict[str, Any], event_id: str, generation: int) -> str:
+        # Gateway calls of this job stop waiting on limits in time for the job's own deadline.
+        with job_deadline(settings.job_timeout):
+            try:
+                outcome = await process_event(ctx, event_id, generation)
+            except Retry:
+                metrics.job("retrying")
+                raise
+        metrics.job(outcome)
+        return outcome
+
     async def on_startup(ctx: dict[str, Any]) -> None:
         redis = ctx["redis"]
-        gateway = GatewayClient.from_settings(settings) if settings.api_key is not None else None
-        deps = WorkerDeps(
-            settings=settings, redis=redis, gateway=gateway, registry=handlers,
-            records=Records(redis, event_retention=settings.event_retention,
-                            dead_letter_retention=settings.dead_letter_retention,
-                            job_expiry_s=settings.lost_deadline),
-            tracing=tracing,
-        )
+        records = Records(redis, event_retention=settings.event_retention,
+                          dead_letter_retention=settings.dead_letter_retention, job_expiry_s=settings.lost_deadline)
+        alerts = Alerts(redis, records.scripts, url=settings.alert_url,
+                        secret=settings.alert_secret.get_secret_value() if settings.alert_secret else None,
+                        cooldown=settings.alert_cooldown, backlog_age=settings.alert_backlog_age,
+                        retry_cap=settings.alert_retry_cap)
+        flow = _flow_control(settings, records, alerts, metrics)
+        gateway = GatewayClient.from_settings(settings, flow=flow) if settings.api_key is not None else None
+        deps = WorkerDeps(settings=settings, redis=redis, gateway=gateway, records=records, registry=handlers,
+                          tracing=tracing)
         ctx["deps"] = deps
+        ctx["alerts"] = alerts
         ctx["sweeper"] = asyncio.create_task(_sweep_loop(deps))
+        ctx["monitor"] = asyncio.create_task(monitor_loop(redis, alerts, metrics))
+        if metrics_port is not None:
+            metrics.serve(metrics_port, metrics_host)
         if after_startup is not None:
             after_startup()
         log.info("worker.started", concurrency=settings.worker_concurrency, gateway=gateway is not None)
 
     async def on_shutdown(ctx: dict[str, Any]) -> None:
-        sweeper: asyncio.Task[None] | None = ctx.get("sweeper")
-        if sweeper is not None:
-            sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sweeper
+        for name in ("sweeper", "monitor"):
+            task: asyncio.Task[None] | None = ctx.get(name)
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         deps: WorkerDeps | None = ctx.get("deps")
         if deps is not None and deps.gateway is not None:
             await deps.gateway.aclose()
+        alerts: Alerts | None = ctx.get("alerts")
+        if alerts is not None:
+            await alerts.aclose()
         log.info("worker.stopped")
 
     return _Worker(
-        functions=[func(process_event, name=arq_job.FUNCTION, timeout=settings.job_timeout + ARQ_MARGIN_S,
+        functions=[func(run_event, name=arq_job.FUNCTION, timeout=settings.job_timeout + ARQ_MARGIN_S,
                         # our own attempt limit dead-letters first; arq's only guards against a loop
-                        max_tries=settings.max_attempts + 20)],
+                        max_tries=settings.max_attempts + ARQ_EXTRA_TRIES)],
         redis_settings=arq_redis_settings(settings.redis_url),
         job_serializer=arq_job.serialize,
         job_deserializer=arq_job.deserialize,

@@ -36,7 +36,7 @@ from runinfra_webhooks.service.tracing import Tracing, setup_tracing
 
 __all__ = [
     "audit_export", "audit_verify", "corpus_export", "corpus_load", "dead_letter_list", "deployments",
-    "events_show", "list_handlers", "replay", "send", "serve", "worker",
+    "events_show", "list_handlers", "pause", "replay", "resume", "send", "serve", "worker",
 ]
 
 
@@ -83,7 +83,8 @@ def serve(settings: ReceiverSettings, registry: Registry, host: str, port: int) 
     return 0
 
 
-def worker(settings: WorkerSettings, registry: Registry, *, burst: bool) -> int:
+def worker(settings: WorkerSettings, registry: Registry, *, burst: bool, metrics_port: int | None = None,
+           metrics_host: str = "127.0.0.1") -> int:
     import asyncio
 
     import uvloop
@@ -96,7 +97,8 @@ def worker(settings: WorkerSettings, registry: Registry, *, burst: bool) -> int:
     # uvloop, like the receiver (uvicorn picks it): ~20 % less CPU per job than asyncio's own loop, measured
     # with the drain bench. arq's Worker takes the current event loop when it is built.
     asyncio.set_event_loop(uvloop.new_event_loop())
-    build_worker(settings, registry=registry, burst=burst, after_startup=settle_after_startup, tracing=tracing).run()
+    build_worker(settings, registry=registry, burst=burst, after_startup=settle_after_startup, tracing=tracing,
+                 metrics_port=metrics_port, metrics_host=metrics_host).run()
     return 0
 
 
@@ -143,12 +145,50 @@ def send(settings: ReceiverSettings, event_type: str, *, url: str, data: str | N
 
 # --- state ---------------------------------------------------------------------------------------
 async def events_show(settings: StoreSettings, event_id: str) -> int:
+    from runinfra_webhooks.service.storage.pause import is_paused
+
     async with _redis(settings) as redis:
         record = await _records(settings, redis).get(event_id)
+        # Paused: its type is paused and it has not started a new attempt, so nothing of it is attempted until
+        # resume (a retrying one is parked as queued when its next attempt would start).
+        paused = (record is not None and record.state in ("queued", "retrying")
+                  and await is_paused(redis, record.type))
     if record is None:
         _err(f"no event {event_id!r} (never received, or past its retention)")
         return 1
-    _json(record.as_json())
+    _json({**record.as_json(), "paused": paused})
+    return 0
+
+
+async def pause(settings: StoreSettings, event_type: str | None) -> int:
+    from runinfra_webhooks.service.storage.pause import EVENT_TYPE
+    from runinfra_webhooks.service.storage.pause import pause as pause_type
+
+    if event_type is not None and not EVENT_TYPE.fullmatch(event_type):
+        _err(f"{event_type!r} is not an event type (dot-separated lowercase words, e.g. deployment.ready)")
+        return 2
+    async with _redis(settings) as redis:
+        paused = await pause_type(redis, event_type)
+    _json({"paused": paused})
+    _err("paused: events of " + (f"type {event_type}" if event_type else "every type")
+         + " are still received and acknowledged, and wait as queued until resume")
+    return 0
+
+
+async def resume(settings: StoreSettings, event_type: str | None) -> int:
+    from runinfra_webhooks.service.storage.pause import EVENT_TYPE, paused_types
+    from runinfra_webhooks.service.storage.pause import resume as resume_type
+
+    if event_type is not None and not EVENT_TYPE.fullmatch(event_type):
+        _err(f"{event_type!r} is not an event type (dot-separated lowercase words, e.g. deployment.ready)")
+        return 2
+    async with _redis(settings) as redis:
+        requeued = await resume_type(redis, event_type, now_ms=time.time_ns() // 1_000_000,
+                                     job_expiry_ms=settings.lost_deadline * 1000)
+        still = await paused_types(redis)
+    _json({"resumed": event_type or "*", "requeued": requeued, "paused": still})
+    if "*" in still:
+        _err("every type is still paused (pause --all): run resume --all to lift it")
     return 0
 
 

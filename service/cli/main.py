@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker = sub.add_parser("worker", help="run the arq worker")
     worker.add_argument("--burst", action="store_true", help="exit once the queue is empty")
+    worker.add_argument("--metrics-port", type=int, default=None, metavar="P",
+                        help="serve Prometheus metrics at http://HOST:P/metrics")
+    worker.add_argument("--metrics-host", default="127.0.0.1", metavar="HOST")
 
     dev = sub.add_parser("dev", help="receiver + worker + gateway emulator (+ its own Redis) in one command")
     dev.add_argument("--port", type=int, default=8000)
@@ -89,6 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     handlers = sub.add_parser("handlers", help="every registered handler by type, with where it came from")
     handlers.add_argument("--json", action="store_true")
+
+    for name, verb in (("pause", "pause"), ("resume", "resume")):
+        cmd = sub.add_parser(name, help=f"{verb} processing of one event type, or of all (--all)")
+        target = cmd.add_mutually_exclusive_group(required=True)
+        target.add_argument("type", nargs="?", metavar="TYPE")
+        target.add_argument("--all", action="store_true", dest="all_types")
 
     audit = sub.add_parser("audit", help="the tamper-evident audit log")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True, metavar="SUBCOMMAND")
@@ -152,7 +161,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return commands.serve(receiver, _registry(receiver), args.host, args.port)
     if args.command == "worker":
         worker = load_settings(WorkerSettings)
-        return commands.worker(worker, _registry(worker), burst=args.burst)
+        return commands.worker(worker, _registry(worker), burst=args.burst, metrics_port=args.metrics_port,
+                               metrics_host=args.metrics_host)
     if args.command == "handlers":
         return commands.list_handlers(_registry(load_settings(StoreSettings)), as_json=args.json)
 
@@ -176,6 +186,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         ("corpus", "export"): lambda: commands.corpus_export(store, args.collection),
         ("dead-letter", "list"): lambda: commands.dead_letter_list(store, as_json=args.json),
         ("replay", None): lambda: commands.replay(store, args.event_id, all_dead=args.all_dead_lettered),
+        ("pause", None): lambda: commands.pause(store, None if args.all_types else args.type),
+        ("resume", None): lambda: commands.resume(store, None if args.all_types else args.type),
     }
     sub_attr = {"events": "events_command", "corpus": "corpus_command", "dead-letter": "dead_command",
                 "audit": "audit_command"}.get(args.command)

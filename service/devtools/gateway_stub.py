@@ -12,7 +12,10 @@ stored and charged; a failed request frees its key. Requests without a key are c
 
 Control API (no auth): ``GET /_stub/charges``, ``GET /_stub/calls``, ``POST /_stub/faults``,
 ``POST /_stub/reset``. Injected faults (scripted statuses or ``"timeout"``, random rates, latency) are
-applied after auth and before idempotency, and are never charged. See ``FaultPlan`` for the body.
+applied after auth and before idempotency, and are never charged; a plan with ``duration`` ends by itself
+that many seconds after it was set ("503 to everything for 60 s"). See ``FaultPlan`` for the body. Every
+call records when it arrived and was answered and how many calls of its route were in flight on arrival,
+so limits can be measured where they matter: at the gateway.
 
 Run alone: ``runinfra-webhooks gateway-stub --port 8090 [--latency 0.2] [--api-key sk-stub]``.
 """
@@ -221,8 +224,13 @@ class _Stub:
                 body = json.loads(raw)
             except ValueError:
                 body = None
+            route = request.url.path
+            in_flight = self.state.arrive(route)
             call: dict[str, Any] = {
-                "route": request.url.path,
+                "route": route,
+                "arrived": time.time(),  # Unix seconds: when the request (body included) was in
+                "in_flight": in_flight,  # requests of this route being answered at that moment, this one included
+                "answered": None,
                 "idempotency_key": request.headers.get("idempotency-key"),
                 "client_request_id": request.headers.get("x-client-request-id"),
                 "authorization_ok": self._authorized(request),
@@ -234,7 +242,11 @@ class _Stub:
                 "body": body,
             }
             self.state.calls.append(call)
-            response = await self._answer(request, builder, raw, call)
+            try:
+                response = await self._answer(request, builder, raw, call)
+            finally:
+                self.state.leave(route)
+            call["answered"] = time.time()
             call["status"] = response.status_code
             call["request_id"] = response.headers["x-request-id"]
             return response

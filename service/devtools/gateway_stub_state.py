@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections import Counter, deque
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
@@ -53,6 +54,7 @@ class FaultPlan:
     latency: float | None = None
     timeout_seconds: float = 30.0
     rng: random.Random = field(default_factory=random.Random)
+    ends: float | None = None  # time.monotonic() after which the plan no longer applies
 
     @classmethod
     def parse(cls, spec: Any) -> tuple[str, FaultPlan]:
@@ -84,7 +86,14 @@ class FaultPlan:
             timeout_seconds=_number(spec.get("timeout_seconds", 30.0), "timeout_seconds"),
             rng=random.Random(spec.get("seed")),  # noqa: S311 - fault injection, not cryptography
         )
+        duration = _optional_number(spec.get("duration"), "duration")
+        if duration is not None:
+            plan.ends = time.monotonic() + duration
         return route, plan
+
+    @property
+    def over(self) -> bool:
+        return self.ends is not None and time.monotonic() >= self.ends
 
     def draw(self) -> Fault | None:
         """The next injected outcome, or None to let the request through (a scripted 2xx does that too)."""
@@ -133,6 +142,7 @@ class StubState:
         self.default_latency = latency
         self.epoch = 0
         self.tasks: set[asyncio.Task[Any]] = set()
+        self._in_flight: Counter[str] = Counter()  # not reset: requests still being answered would go negative
         self.reset()
 
     def reset(self) -> None:
@@ -149,7 +159,23 @@ class StubState:
         self._faults[route] = plan
 
     def plan_for(self, route: str) -> FaultPlan | None:
-        return self._faults.get(route) or self._faults.get(_ANY_ROUTE)
+        for name in (route, _ANY_ROUTE):
+            plan = self._faults.get(name)
+            if plan is not None and plan.over:
+                del self._faults[name]
+                plan = None
+            if plan is not None:
+                return plan
+        return None
+
+    # --- calls in flight --------------------------------------------------------------------------
+    def arrive(self, route: str) -> int:
+        """A request of ``route`` came in; how many of that route are in flight now, itself included."""
+        self._in_flight[route] += 1
+        return self._in_flight[route]
+
+    def leave(self, route: str) -> None:
+        self._in_flight[route] -= 1
 
     def latency_for(self, route: str) -> float:
         plan = self.plan_for(route)

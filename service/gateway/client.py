@@ -27,6 +27,7 @@ import structlog
 from runinfra_webhooks.service.gateway.backoff import backoff_delay, parse_retry_after
 
 if TYPE_CHECKING:
+    from runinfra_webhooks.service.gateway.flow import FlowControl
     from runinfra_webhooks.service.settings import WorkerSettings
 
 __all__ = [
@@ -153,6 +154,7 @@ class GatewayClient:
         transport: httpx.AsyncBaseTransport | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         on_call: OnCall | None = None,
+        flow: FlowControl | None = None,
     ) -> None:
         if not api_key:
             msg = "RUNINFRA_API_KEY is not set; gateway calls need it"
@@ -168,6 +170,8 @@ class GatewayClient:
         self._max_inline_wait = max_inline_wait
         self._sleep = sleep
         self._on_call = on_call
+        # Limits, 429 pauses and the breaker shared with every worker (service.gateway.flow); None: no waiting.
+        self._flow = flow
         self._log = structlog.get_logger(__name__)
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout),
@@ -200,13 +204,14 @@ class GatewayClient:
         """POST ``body`` as JSON to ``base_url + route``, retrying transient failures inline.
 
         Returns the 2xx response; raises ``GatewayPermanentError`` at once on a permanent failure and
-        ``GatewayTransientError`` (``retry_after`` set) when the call should be tried again later.
+        ``GatewayTransientError`` (``retry_after`` set) when the call should be tried again later; with flow
+        control, ``GatewayHeld`` (a ``GatewayTransientError``) when the call was not sent at all.
         """
         url = f"{self._base_url}/{route.lstrip('/')}"
         content = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
         attempt = 1
         while True:
-            outcome = await self._attempt(route, url, content, idempotency_key, attempt)
+            outcome = await self._limited_attempt(route, url, content, idempotency_key, attempt)
             if self._on_call is not None:
                 self._on_call(route, outcome)
             if isinstance(outcome, GatewayResponse):
@@ -217,8 +222,24 @@ class GatewayClient:
             outcome.retry_after = delay
             if attempt >= self._max_attempts or delay > self._max_inline_wait:
                 raise outcome
-            await self._sleep(delay)
+            if self._flow is None or outcome.status != 429:
+                await self._sleep(delay)  # with flow control, a 429's pause is waited for in acquire()
             attempt += 1
+
+    async def _limited_attempt(
+        self, route: str, url: str, content: bytes, key: str, attempt: int
+    ) -> GatewayResponse | GatewayError:
+        """One attempt under the route's permit (``GatewayHeld`` propagates: nothing was sent)."""
+        if self._flow is None:
+            return await self._attempt(route, url, content, key, attempt)
+        permit = await self._flow.acquire(route)
+        started = time.perf_counter()
+        outcome: GatewayResponse | GatewayError | None = None
+        try:
+            outcome = await self._attempt(route, url, content, key, attempt)
+            return outcome
+        finally:
+            await self._flow.release(permit, outcome, time.perf_counter() - started, attempt=attempt)
 
     async def _attempt(
         self, route: str, url: str, content: bytes, key: str, attempt: int

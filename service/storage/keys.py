@@ -17,6 +17,9 @@ from runinfra_webhooks.service.storage.arq_job import RETRY as ARQ_RETRY
 from runinfra_webhooks.service.storage.arq_job import job_id
 
 __all__ = [
+    "ALERT_DEAD_CURSOR",
+    "ALERT_GATES_DUE",
+    "ALERT_OUTBOX",
     "ARQ_IN_PROGRESS",
     "ARQ_JOB",
     "ARQ_QUEUE",
@@ -26,9 +29,16 @@ __all__ = [
     "AUDIT_STREAM",
     "DEAD_LETTERS",
     "DEPLOYMENTS",
+    "FLOW_ROUTES",
     "INFLIGHT",
+    "PARKED",
+    "PAUSED_ALL",
+    "PAUSED_TYPES",
     "PROCESS_EVENT",
     "READY_PROBE",
+    "alert",
+    "alert_dead_seen",
+    "alert_gate",
     "audit_body",
     "corpora_by_model",
     "corpus_docs",
@@ -40,6 +50,10 @@ __all__ = [
     "deployment",
     "deployment_history",
     "event",
+    "flow_breaker",
+    "flow_hold",
+    "flow_leases",
+    "flow_rate",
     "followup_reply",
     "job_id",
 ]
@@ -127,3 +141,59 @@ def followup_reply(event_id: str) -> str:
     EX = RUNINFRA_EVENT_RETENTION.
     """
     return f"{PREFIX}followup:{event_id}:reply"
+
+
+# --- flow control toward the gateway (shared by every worker) -----------------------------------
+def flow_rate(route: str) -> str:
+    """String: the route's next allowed call time in ms (GCRA "theoretical arrival time"). PX = one interval
+    past it, so an idle route leaves nothing behind."""
+    return f"{PREFIX}flow:{route}:rate"
+
+
+def flow_leases(route: str) -> str:
+    """Zset: lease id -> ms when it expires; one member per call in flight. A crashed worker's lease just
+    expires. PX = the longest lease, renewed on every acquire."""
+    return f"{PREFIX}flow:{route}:leases"
+
+
+def flow_hold(route: str) -> str:
+    """String: ms until which nobody calls the route (a 429's Retry-After). PX = the same moment."""
+    return f"{PREFIX}flow:{route}:hold"
+
+
+def flow_breaker(route: str) -> str:
+    """Hash: state (closed/open/half_open), failures (consecutive transient), open_until, probe_until (ms).
+    No TTL: one small hash per route."""
+    return f"{PREFIX}flow:{route}:breaker"
+
+
+FLOW_ROUTES = f"{PREFIX}flow:routes"  # set of routes that have breaker state (for metrics)
+
+# --- pause per event type ------------------------------------------------------------------------
+PAUSED_TYPES = f"{PREFIX}paused:types"  # set of paused event types; "*" pauses every type. No TTL.
+PAUSED_ALL = "*"
+PARKED = f"{PREFIX}paused:events"  # zset event_id -> ms parked: paused events taken out of INFLIGHT until resumed
+
+# --- alerts to the operator ------------------------------------------------------------------------
+ALERT_OUTBOX = f"{PREFIX}alerts:outbox"  # zset alert id -> ms of its next delivery attempt
+
+
+def alert(alert_id: str) -> str:
+    """Hash: body (the signed envelope's JSON), attempts, created_ms. Deleted once delivered;
+    EX = 7 days in case the alert endpoint never comes back."""
+    return f"{PREFIX}alert:{alert_id}"
+
+
+def alert_gate(alert_type: str, subject: str) -> str:
+    """Hash: last_ms (when the last alert of this kind went out), suppressed (count since), data (JSON of
+    the newest suppressed one). EX = 7 days."""
+    return f"{PREFIX}alert-gate:{alert_type}:{subject}"
+
+
+ALERT_GATES_DUE = f"{PREFIX}alerts:gates-due"  # zset gate key -> ms its window ends, while it holds suppressed
+ALERT_DEAD_CURSOR = f"{PREFIX}alerts:dead-cursor"  # string: ms of the newest dead letter already alerted
+
+
+def alert_dead_seen(event_id: str, generation: str) -> str:
+    """String marker: this dead letter (event, generation) was alerted. EX = 1 day."""
+    return f"{PREFIX}alerts:dead-seen:{event_id}:{generation}"

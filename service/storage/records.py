@@ -46,7 +46,17 @@ if redis.call('HGET', KEYS[1], 'generation') ~= ARGV[1] then return -2 end
 if state ~= 'queued' and state ~= 'processing' and state ~= 'retrying' then return -3 end
 local attempts = redis.call('HGET', KEYS[1], 'attempts') or '0'
 if not counter(attempts) then return fail('stored attempts is not a decimal integer') end
+local event_type = redis.call('HGET', KEYS[1], 'type') or ''
+local paused = redis.call('SISMEMBER', KEYS[3], event_type) == 1 or redis.call('SISMEMBER', KEYS[3], '*') == 1
 -- writes
+if paused then
+  -- A paused type: the event waits as queued, out of the in-flight index (so the sweep leaves it alone),
+  -- until resume re-queues it. Nothing is attempted.
+  redis.call('HSET', KEYS[1], 'state', 'queued', 'updated_ms', ARGV[2])
+  redis.call('ZREM', KEYS[2], ARGV[3])
+  redis.call('ZADD', KEYS[4], ARGV[2], ARGV[3])
+  return -4
+end
 redis.call('HSET', KEYS[1], 'state', 'processing', 'updated_ms', ARGV[2], 'attempts', tostring(tonumber(attempts) + 1))
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
 -- The record comes back with the transition: the job needs it next, and this saves a round trip.
@@ -54,7 +64,7 @@ return redis.call('HGETALL', KEYS[1])
 """)
 
 # ARGV: generation, now, event id, new state, last error, reason, ttl (0 = none), only while in flight (1/0),
-#       reset attempts (1/0)
+#       attempts: 1 = reset to 0, 2 = give this attempt back (it waited on flow control), 0 = keep
 _FINISH = _script("records.finish", """
 if not digits(ARGV[2]) then return fail('now is not a decimal integer') end
 if not digits(ARGV[7]) then return fail('ttl is not a decimal integer') end
@@ -65,6 +75,8 @@ if ARGV[8] == '1' then
   local state = redis.call('HGET', KEYS[1], 'state')
   if state ~= 'queued' and state ~= 'processing' and state ~= 'retrying' then return 0 end
 end
+local attempts = redis.call('HGET', KEYS[1], 'attempts') or '0'
+if ARGV[9] == '2' and not counter(attempts) then return fail('stored attempts is not a decimal integer') end
 -- writes
 redis.call('HSET', KEYS[1], 'state', target, 'updated_ms', ARGV[2], 'last_error', ARGV[5], 'reason', ARGV[6])
 if target == 'retrying' then
@@ -74,7 +86,11 @@ else
 end
 if target == 'dead_lettered' then redis.call('ZADD', KEYS[3], ARGV[2], ARGV[3]) end
 if ARGV[7] ~= '0' then redis.call('EXPIRE', KEYS[1], ARGV[7]) end
-if ARGV[9] == '1' then redis.call('HSET', KEYS[1], 'attempts', 0) end
+if ARGV[9] == '1' then
+  redis.call('HSET', KEYS[1], 'attempts', 0)
+elseif ARGV[9] == '2' and tonumber(attempts) > 0 then
+  redis.call('HSET', KEYS[1], 'attempts', tostring(tonumber(attempts) - 1))
+end
 return 1
 """)
 
@@ -225,28 +241,34 @@ class Records:
 
     async def start(self, event_id: str, generation: int, now_ms: int) -> EventRecord | int:
         """Mark processing and return the record (``attempts`` is this attempt's number), or a reason to
-        skip: -1 the record is gone, -2 a replay superseded this generation, -3 it already finished."""
-        result = await self._start(keys=[keys.event(event_id), keys.INFLIGHT], args=[generation, now_ms, event_id])
+        skip: -1 the record is gone, -2 a replay superseded this generation, -3 it already finished, -4 its
+        type is paused (the event is parked as queued until ``resume``)."""
+        result = await self._start(keys=[keys.event(event_id), keys.INFLIGHT, keys.PAUSED_TYPES, keys.PARKED],
+                                   args=[generation, now_ms, event_id])
         if isinstance(result, int):
             return result
         return EventRecord.from_hash(dict(zip(result[::2], result[1::2], strict=True)))
 
     async def _set(self, event_id: str, generation: int, now_ms: int, state: str, error: str, reason: str,
-                   ttl: int, *, only_in_flight: bool = False, reset_attempts: bool = False) -> bool:
+                   ttl: int, *, only_in_flight: bool = False, reset_attempts: bool = False,
+                   give_back_attempt: bool = False) -> bool:
+        attempts = 1 if reset_attempts else 2 if give_back_attempt else 0
         result = await self._finish(
             keys=[keys.event(event_id), keys.INFLIGHT, keys.DEAD_LETTERS],
-            args=[generation, now_ms, event_id, state, error, reason, ttl, int(only_in_flight), int(reset_attempts)],
+            args=[generation, now_ms, event_id, state, error, reason, ttl, int(only_in_flight), attempts],
         )
         return bool(result)
 
     async def succeeded(self, event_id: str, generation: int, now_ms: int) -> bool:
         return await self._set(event_id, generation, now_ms, "succeeded", "", "", self._event_retention)
 
-    async def retrying(self, event_id: str, generation: int, now_ms: int, error: str, *, progressed: bool = False
-                       ) -> bool:
+    async def retrying(self, event_id: str, generation: int, now_ms: int, error: str, *, progressed: bool = False,
+                       counted: bool = True) -> bool:
         """``progressed``: this attempt got somewhere (e.g. committed batches), so the attempt count starts
-        over: ``attempts`` counts attempts since the last one that made progress."""
-        return await self._set(event_id, generation, now_ms, "retrying", error, "", 0, reset_attempts=progressed)
+        over: ``attempts`` counts attempts since the last one that made progress. ``counted=False``: the attempt
+        only waited (open circuit, gateway limits) and is given back."""
+        return await self._set(event_id, generation, now_ms, "retrying", error, "", 0, reset_attempts=progressed,
+                               give_back_attempt=not counted)
 
     async def dead_lettered(self, event_id: str, generation: int, now_ms: int, reason: str, error: str) -> bool:
         return await self._set(event_id, generation, now_ms, "dead_lettered", error, reason, self._dead_retention)

@@ -285,6 +285,18 @@ def settled_charges(stub: StubServer, *, expected: int, timeout: float = 10) -> 
     return charges(stub)
 
 
+# --- timing at the gateway --------------------------------------------------------------------------
+def most_in_window(times: Iterable[float], window: float) -> int:
+    """The most of ``times`` (seconds) inside any half-open interval ``[t, t + window)``."""
+    ordered = sorted(times)
+    best = start = 0
+    for end, t in enumerate(ordered):
+        while ordered[start] <= t - window:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
+
+
 # --- the figure ---------------------------------------------------------------------------------------
 def report(test: str, **figure: Any) -> None:
     """Print the figure as one line (``pytest -s`` shows it) and append it to ``$RWH_FAULT_REPORT``."""
