@@ -18,7 +18,8 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 from runinfra_webhooks.handlers.deployments import APPLY_SCRIPT
 from runinfra_webhooks.service.core.events import MAX_CREATED
-from runinfra_webhooks.service.storage import keys, records
+from runinfra_webhooks.service.core.trace_context import new_traceparent
+from runinfra_webhooks.service.storage import arq_job, keys, records
 from runinfra_webhooks.service.storage.audit_store import TRIM_SCRIPT
 from runinfra_webhooks.service.storage.ingest import _SCRIPT as INGEST_SCRIPT
 from runinfra_webhooks.service.storage.ingest import Delivery, Ingestor, IngestOutcome
@@ -155,10 +156,15 @@ def test_add_request_id_refuses_a_corrupt_list_and_writes_nothing(db: Db, stored
                                name="records.add_request_id")
 
 
+def _replay_args(key: str) -> tuple[Any, ...]:
+    """KEYS and ARGV of the replay script, as ``Records.replay`` passes them."""
+    now = time.time_ns() // 1_000_000
+    return (key, keys.INFLIGHT, keys.DEAD_LETTERS, keys.ARQ_QUEUE, keys.ARQ_JOB, LONG_ID, now, 86_400_000,
+            *arq_job.payload_around_generation(LONG_ID, now), new_traceparent())
+
+
 def _replay(db: Db, key: str) -> Any:
-    script = records._REPLAY
-    return db.eval(script, 5, key, keys.INFLIGHT, keys.DEAD_LETTERS, keys.ARQ_QUEUE, keys.ARQ_JOB, LONG_ID,
-                   time.time_ns() // 1_000_000, 86_400_000)
+    return db.eval(records._REPLAY, 5, *_replay_args(key))
 
 
 def test_replay_bumps_the_largest_generation_exactly(db: Db) -> None:
@@ -177,8 +183,7 @@ def test_replay_refuses_a_corrupt_generation_and_writes_nothing(db: Db) -> None:
     """Before, HINCRBY failed first; now the check comes before any write, whatever the field holds."""
     key = _event_record(db, state="dead_lettered", generation="x")
     db.zadd(keys.DEAD_LETTERS, {LONG_ID: 1})
-    refuses_and_writes_nothing(db, records._REPLAY, 5, key, keys.INFLIGHT, keys.DEAD_LETTERS, keys.ARQ_QUEUE,
-                               keys.ARQ_JOB, LONG_ID, time.time_ns() // 1_000_000, 86_400_000, name="records.replay")
+    refuses_and_writes_nothing(db, records._REPLAY, 5, *_replay_args(key), name="records.replay")
 
 
 def test_requeue_refuses_a_bad_expiry_and_writes_nothing(db: Db) -> None:
