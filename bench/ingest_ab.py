@@ -21,15 +21,15 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import redis as sync_redis
 from redis.asyncio import Redis
 from runinfra_webhooks.service.core.signature import sign
-from runinfra_webhooks.service.storage import keys
-from runinfra_webhooks.service.storage.ingest import _SCRIPT, Delivery, Ingestor, IngestOutcome, arq_job_payload
+from runinfra_webhooks.service.storage import arq_job, keys
+from runinfra_webhooks.service.storage.ingest import _SCRIPT, Delivery, Ingestor, IngestOutcome
 
-from bench.run import EXAMPLES, GIT, REDIS_SERVER, TASKSET, free_port
+from bench.run import EXAMPLES, GIT, REDIS_SERVER, TASKSET, Commands, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = b"whsec_bench_0123456789abcdef"
@@ -65,11 +65,11 @@ def _old_args(d: Delivery) -> tuple[Any, ...]:
     digest = _old_digest(d.event_id, d.received_ms, d.request_id, d.secret_index, d.header, d.body)
     return (keys.dedup(d.event_id), keys.event(d.event_id), keys.ARQ_JOB + job_id, keys.ARQ_QUEUE, keys.INFLIGHT,
             keys.DEAD_LETTERS, keys.AUDIT_STREAM, keys.AUDIT_HEAD, d.wanted.value, d.event_id, 604_800,
-            d.received_ms, job_id, arq_job_payload(d.event_id, 0, d.received_ms), 86_400_000, 604_800, 2_592_000,
+            d.received_ms, job_id, arq_job.payload(d.event_id, 0, d.received_ms), 86_400_000, 604_800, 2_592_000,
             d.type, d.created, d.request_id, d.secret_index, d.header, d.body, digest, d.reason)
 
 
-def _run(db: sync_redis.Redis, script: str, numkeys: int, argsets: list[tuple[Any, ...]]) -> dict[str, float]:
+def _run(db: Commands, script: str, numkeys: int, argsets: list[tuple[Any, ...]]) -> dict[str, float]:
     db.flushall()
     db.config_resetstat()
     sha = db.script_load(script)
@@ -100,7 +100,7 @@ def main() -> None:
         server = subprocess.Popen([TASKSET, "-c", "1", REDIS_SERVER, "--port", str(port), "--save", "",
                                    "--appendonly", "no", "--dir", tmp], stdout=subprocess.DEVNULL)
         try:
-            db = sync_redis.Redis(port=port)
+            db = cast(Commands, sync_redis.Redis(port=port))
             for _ in range(100):
                 with contextlib.suppress(sync_redis.ConnectionError):
                     if db.ping():

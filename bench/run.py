@@ -26,7 +26,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import Any, Protocol, TypedDict, cast
 
 import redis as sync_redis
 from arq.connections import RedisSettings, create_pool
@@ -134,6 +134,7 @@ class Commands(Protocol):
     def zcard(self, name: str) -> int: ...
     def ttl(self, name: str) -> int: ...
     def memory_usage(self, key: str, samples: int | None = None) -> int | None: ...
+    def script_load(self, script: str) -> str: ...
     def pipeline(self, transaction: bool = True) -> Pipeline: ...
 
 
@@ -522,7 +523,7 @@ def bench_rss(rd: RedisProc, out: Path, args: argparse.Namespace) -> dict[str, A
 
 
 # --- 1c: worker drain ------------------------------------------------------------------------------
-async def prefill(redis_url: str, n: int, prefix: str, types: tuple[str, ...], settings_kw: dict[str, int]) -> None:
+async def prefill(redis_url: str, n: int, prefix: str, types: tuple[str, ...], settings_kw: IngestLimits) -> None:
     """n deliveries through the real ingest path (the receiver's Ingestor; one EVALSHA each)."""
     client = Redis.from_url(redis_url)
     ing = Ingestor(client, **settings_kw)
@@ -591,7 +592,16 @@ def states(rd: RedisProc, prefix: str, n: int) -> dict[str, int]:
     return counts
 
 
-def settings_kw() -> dict[str, int]:
+class IngestLimits(TypedDict):
+    """The ``Ingestor``'s keyword arguments the service's settings decide."""
+
+    dedup_ttl: int
+    event_retention: int
+    dead_letter_retention: int
+    job_expiry_s: int
+
+
+def settings_kw() -> IngestLimits:
     from runinfra_webhooks.service.settings import load_settings
 
     s = load_settings(RUNINFRA_WEBHOOK_SECRET=SECRET)

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-import redis as sync_redis
 from runinfra_webhooks.service.core.audit import chain_hash, entry_digest
 from runinfra_webhooks.service.storage import keys
 
 from tests.builders import example_event, signed_delivery
 from tests.processes import stack_env
+from tests.redis_server import Db
 
 PATH = "/webhooks/runinfra"
 
@@ -34,12 +34,7 @@ def env(redis_url: str, tmp_path: Path) -> dict[str, str]:
 
 
 @pytest.fixture
-def db(redis_url: str) -> sync_redis.Redis:
-    return sync_redis.Redis.from_url(redis_url)
-
-
-@pytest.fixture
-def filled(receiver_url: str, db: sync_redis.Redis) -> list[str]:
+def filled(receiver_url: str, db: Db) -> list[str]:
     """Four audited deliveries (queued, duplicate, queued, ignored); their stream ids."""
     event = example_event()
     for body, headers in (signed_delivery(event), signed_delivery(event), signed_delivery(example_event()),
@@ -54,7 +49,7 @@ def _clean_failure(out: subprocess.CompletedProcess[str], code: str) -> None:
     assert code in out.stderr, out.stderr
 
 
-def _append(db: sync_redis.Redis, fields: dict[bytes, bytes]) -> None:
+def _append(db: Db, fields: dict[bytes, bytes]) -> None:
     """Append an entry with seq, prev, hash and the head recomputed: what write access to Redis allows."""
     seq, prev = int(db.hget(keys.AUDIT_HEAD, "seq") or 0) + 1, (db.hget(keys.AUDIT_HEAD, "hash") or b"").decode()
     fields = dict(fields)
@@ -68,7 +63,7 @@ def _append(db: sync_redis.Redis, fields: dict[bytes, bytes]) -> None:
 @pytest.mark.parametrize(("field", "value"), [(b"seq", b"abc"), (b"seq", None), (b"received_ms", b"x")],
                          ids=["seq=abc", "no-seq", "received_ms=x"])
 def test_verify_reports_a_malformed_entry_without_a_traceback(
-    env: dict[str, str], filled: list[str], db: sync_redis.Redis, field: bytes, value: bytes | None
+    env: dict[str, str], filled: list[str], db: Db, field: bytes, value: bytes | None
 ) -> None:
     """An entry with a non-numeric or missing seq or received_ms: a malformed_entry line and exit 1."""
     [(_, fields)] = db.xrange(keys.AUDIT_STREAM, filled[1], filled[1])
@@ -99,7 +94,7 @@ def test_verify_file_reports_a_bad_file_without_a_traceback(
 
 
 def test_verify_reports_a_corrupt_head_without_a_traceback(
-    env: dict[str, str], filled: list[str], db: sync_redis.Redis
+    env: dict[str, str], filled: list[str], db: Db
 ) -> None:
     """rwh:audit:head with seq=abc: a clean problem line and exit 1."""
     db.hset(keys.AUDIT_HEAD, "seq", "abc")
@@ -108,7 +103,7 @@ def test_verify_reports_a_corrupt_head_without_a_traceback(
 
 # --- copies and forgeries -----------------------------------------------------------------------------
 def test_verify_detects_a_copied_entry_even_with_the_new_head_as_anchor(
-    env: dict[str, str], filled: list[str], db: sync_redis.Redis
+    env: dict[str, str], filled: list[str], db: Db
 ) -> None:
     """A valid entry copied to the end with chain and head recomputed: duplicate_delivery, anchor or not."""
     [(_, fields)] = db.xrange(keys.AUDIT_STREAM, filled[0], filled[0])
@@ -121,7 +116,7 @@ def test_verify_detects_a_copied_entry_even_with_the_new_head_as_anchor(
 
 @pytest.mark.parametrize("strip_mac", [False, True], ids=["mac-kept", "mac-removed"])
 def test_verify_detects_a_made_up_entry_replaying_a_captured_delivery(
-    env: dict[str, str], filled: list[str], db: sync_redis.Redis, strip_mac: bool
+    env: dict[str, str], filled: list[str], db: Db, strip_mac: bool
 ) -> None:
     """A captured signed delivery re-entered with another receive time and a new delivery id: MAC fails."""
     [(_, fields)] = db.xrange(keys.AUDIT_STREAM, filled[0], filled[0])
@@ -167,7 +162,7 @@ def test_verify_file_detects_a_rewritten_trailer(env: dict[str, str], filled: li
 
 
 async def test_verify_with_the_archive_detects_a_base_moved_past_unarchived_entries(
-    env: dict[str, str], filled: list[str], redis_url: str, db: sync_redis.Redis, tmp_path: Path
+    env: dict[str, str], filled: list[str], redis_url: str, db: Db, tmp_path: Path
 ) -> None:
     """A trim archives entry 1; then entries 2-3 are trimmed by hand and the base moved: Redis alone verifies
     clean (out of its reach), `verify --archive` finds the base is not the last archived entry."""
@@ -191,7 +186,7 @@ async def test_verify_with_the_archive_detects_a_base_moved_past_unarchived_entr
 
 # --- amplification ------------------------------------------------------------------------------------
 def test_50_duplicates_of_a_1_mib_body_grow_redis_by_less_than_two_bodies(
-    env: dict[str, str], receiver_url: str, db: sync_redis.Redis, tmp_path: Path
+    env: dict[str, str], receiver_url: str, db: Db, tmp_path: Path
 ) -> None:
     """50 replays of one captured 1 MiB delivery: Redis grows < 2 MiB; verify and an export still check out."""
     event = example_event()

@@ -154,16 +154,16 @@ def test_closes_2000_slow_header_connections_while_healthz_and_deliveries_stay_f
         deadline = time.monotonic() + HEADER_TIMEOUT + 10
         while opened and time.monotonic() < deadline:
             for key, _ in selector.select(timeout=0.5):
-                s = key.fileobj
-                assert isinstance(s, socket.socket)
+                ready_socket = key.fileobj
+                assert isinstance(ready_socket, socket.socket)
                 try:
-                    data = s.recv(65536)
+                    data = ready_socket.recv(65536)
                 except (ConnectionResetError, BlockingIOError):
                     data = b""
                 if not data:
-                    closed_after.append(time.monotonic() - opened.pop(s))
-                    selector.unregister(s)
-                    s.close()
+                    closed_after.append(time.monotonic() - opened.pop(ready_socket))
+                    selector.unregister(ready_socket)
+                    ready_socket.close()
     finally:
         stop.set()
         prober.join(10)

@@ -56,7 +56,7 @@ def test_readyz_is_503_under_client_pause_write(live: str, own_redis: RedisServe
     """CLIENT PAUSE WRITE: /readyz answers 503 within its probe timeout instead of 200; 200 after UNPAUSE."""
     assert _ready(live).status_code == 200
     db = own_redis.client()
-    db.execute_command("CLIENT", "PAUSE", "20000", "WRITE")
+    db.client_pause(20000, all=False)  # CLIENT PAUSE 20000 WRITE
     try:
         started = time.monotonic()
         refused = _ready(live)
@@ -65,6 +65,6 @@ def test_readyz_is_503_under_client_pause_write(live: str, own_redis: RedisServe
         assert took < 3, f"/readyz took {took:.1f} s"
         assert db.ping()  # Redis itself answers: a PING-based probe would have said ready
     finally:
-        db.execute_command("CLIENT", "UNPAUSE")
+        db.client_unpause()
     assert _ready(live).status_code == 200
     assert _deliver(live).status_code == 202
