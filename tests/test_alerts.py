@@ -16,6 +16,7 @@ from runinfra_webhooks.workers.alerts import BACKLOG_STALE, CIRCUIT_OPENED, EVEN
 
 from tests.alert_sink import AlertSink, alert_sink
 from tests.queued import queue
+from tests.redis_server import as_async_db
 
 
 @pytest.fixture
@@ -122,7 +123,7 @@ async def test_events_held_by_a_pause_count_as_a_stale_backlog(redis: Redis, sin
     a = alerts(redis, sink, backlog_age=5)
     await queue(redis, "transcription.completed", "evt_parked")
     await redis.zrem(keys.ARQ_QUEUE, "evt_parked@0")
-    await redis.hset(keys.event("evt_parked"), "received_ms", now_ms() - 7_000)
+    await as_async_db(redis).hset(keys.event("evt_parked"), "received_ms", str(now_ms() - 7_000))
     await redis.zadd(keys.PARKED, {"evt_parked": now_ms()})
     await a.tick()
     [alert] = sink.accepted()

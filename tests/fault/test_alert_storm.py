@@ -17,13 +17,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis as sync_redis
 from runinfra_webhooks.service.storage import keys
 
 from tests.alert_sink import AlertSink, alert_sink
 from tests.fault.harness import deliver_all, report, scaled, transcription, wait_final, workers
 from tests.processes import stack_env, wait_until
-from tests.redis_server import RedisServer
+from tests.redis_server import Db, RedisServer
 from tests.stubserver import StubServer
 
 pytestmark = pytest.mark.fault
@@ -43,7 +42,7 @@ def accounted(sink: AlertSink) -> int:
 
 
 def test_dead_letter_storm_gives_bounded_signed_alerts_that_account_for_every_event(
-    receiver: str, stub: StubServer, redis_aof: RedisServer, db: sync_redis.Redis, tmp_path: Path, sink: AlertSink
+    receiver: str, stub: StubServer, redis_aof: RedisServer, db: Db, tmp_path: Path, sink: AlertSink
 ) -> None:
     n = scaled(500)
     events = [transcription(i, "storm") for i in range(n)]

@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis as sync_redis
 
 from tests.alert_sink import AlertSink, alert_sink
 from tests.fault.harness import (
@@ -29,7 +28,7 @@ from tests.fault.harness import (
     workers,
 )
 from tests.processes import stack_env, wait_until
-from tests.redis_server import RedisServer
+from tests.redis_server import Db, RedisServer
 from tests.stubserver import StubServer
 
 pytestmark = pytest.mark.fault
@@ -44,7 +43,7 @@ def sink() -> Iterator[AlertSink]:
 
 
 def test_breaker_stops_calls_during_an_outage_and_nothing_is_dead_lettered(
-    receiver: str, stub: StubServer, redis_aof: RedisServer, db: sync_redis.Redis, tmp_path: Path, sink: AlertSink
+    receiver: str, stub: StubServer, redis_aof: RedisServer, db: Db, tmp_path: Path, sink: AlertSink
 ) -> None:
     n = scaled(200)
     events = [transcription(i, "outage") for i in range(n)]

@@ -13,11 +13,10 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-import redis as sync_redis
 
 from tests.fault.harness import deliver_all, report, scaled, settled_charges, transcription, wait_final, workers
 from tests.processes import stack_env, wait_until
-from tests.redis_server import RedisServer
+from tests.redis_server import Db, RedisServer
 from tests.stubserver import StubServer
 
 pytestmark = pytest.mark.fault
@@ -39,7 +38,7 @@ def bursts(times: list[float], gap: float) -> list[list[float]]:
 
 
 def test_429_stops_every_worker_calling_the_route_until_retry_after(
-    receiver: str, stub: StubServer, redis_aof: RedisServer, db: sync_redis.Redis, tmp_path: Path
+    receiver: str, stub: StubServer, redis_aof: RedisServer, db: Db, tmp_path: Path
 ) -> None:
     n = scaled(60)
     events = [transcription(i, "throttled") for i in range(n)]

@@ -14,7 +14,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-import redis as sync_redis
 
 from tests.fault.harness import (
     deliver_all,
@@ -27,7 +26,7 @@ from tests.fault.harness import (
     workers,
 )
 from tests.processes import stack_env
-from tests.redis_server import RedisServer
+from tests.redis_server import Db, RedisServer
 from tests.stubserver import StubServer
 
 pytestmark = pytest.mark.fault
@@ -36,7 +35,7 @@ RATE, CONCURRENCY, LATENCY = 10, 4, 0.35  # 4 in flight for 0.35 s each would al
 
 
 def test_rate_and_concurrency_limits_hold_at_the_gateway_across_three_workers(
-    receiver: str, stub: StubServer, redis_aof: RedisServer, db: sync_redis.Redis, tmp_path: Path
+    receiver: str, stub: StubServer, redis_aof: RedisServer, db: Db, tmp_path: Path
 ) -> None:
     n = scaled(300)
     events = [transcription(i, "limits") for i in range(n)]

@@ -15,7 +15,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-import redis as sync_redis
 from runinfra_webhooks.service.storage import keys
 
 from tests.fault.harness import (
@@ -29,7 +28,7 @@ from tests.fault.harness import (
     wait_final,
 )
 from tests.processes import Proc, stack_env
-from tests.redis_server import RedisServer
+from tests.redis_server import Db, RedisServer
 from tests.stubserver import StubServer
 
 pytestmark = pytest.mark.fault
@@ -43,7 +42,7 @@ def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_paused_type_is_acknowledged_and_audited_but_not_attempted_until_resumed(
-    receiver: str, stub: StubServer, redis_aof: RedisServer, db: sync_redis.Redis, tmp_path: Path
+    receiver: str, stub: StubServer, redis_aof: RedisServer, db: Db, tmp_path: Path
 ) -> None:
     n = scaled(100)
     paused = [transcription(i, "paused") for i in range(n)]
