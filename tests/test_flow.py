@@ -11,6 +11,7 @@ from collections.abc import Mapping
 
 import pytest
 from redis.asyncio import Redis
+from runinfra_webhooks.service.core.route_limits import RouteLimits
 from runinfra_webhooks.service.gateway.client import GatewayClient, GatewayResponse, GatewayTransientError
 from runinfra_webhooks.service.gateway.flow import (
     CIRCUIT_OPEN,
@@ -21,7 +22,6 @@ from runinfra_webhooks.service.gateway.flow import (
     breaker_states,
     job_deadline,
 )
-from runinfra_webhooks.service.gateway.limits import RouteLimits
 from runinfra_webhooks.service.storage.coalesce import Coalescer
 from runinfra_webhooks.service.storage.records import Records
 

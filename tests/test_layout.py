@@ -13,8 +13,9 @@ PKG = "runinfra_webhooks."
 ALLOWED: dict[str, set[str]] = {
     "service.core": set(),
     "service.storage": {"service.core"},
-    "service.settings": {"service.storage"},  # only to check REDIS_URL with the storage layer's parser
-    "service.gateway": {"service.settings"},
+    # Only to check REDIS_URL with the storage layer's parser and the route limits with the core's.
+    "service.settings": {"service.core", "service.storage"},
+    "service.gateway": {"service.settings", "service.core", "service.storage"},
     "service.tracing": {"service.core", "service.storage"},
     "service.logs": set(),
     "service.gc_tuning": set(),

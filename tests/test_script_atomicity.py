@@ -123,7 +123,7 @@ def test_start_counts_attempts_exactly_at_the_largest_counter(db: Db) -> None:
     """attempts 999999999999 becomes 1000000000000, written with the state and the in-flight mark."""
     key = _event_record(db, attempts="999999999999")
     now = time.time_ns() // 1_000_000
-    reply = db.eval(records.START_SCRIPT, 2, key, keys.INFLIGHT, "0", now, LONG_ID)
+    reply = db.eval(records.START_SCRIPT, 4, key, keys.INFLIGHT, keys.PAUSED_TYPES, keys.PARKED, "0", now, LONG_ID)
     assert isinstance(reply, list)
     assert db.hget(key, "attempts") == b"1000000000000" and db.hget(key, "state") == b"processing"
     assert db.zscore(keys.INFLIGHT, LONG_ID) == now
@@ -133,8 +133,8 @@ def test_start_counts_attempts_exactly_at_the_largest_counter(db: Db) -> None:
 def test_start_refuses_corrupt_attempts_and_writes_nothing(db: Db, attempts: str) -> None:
     """Before, HINCRBY failed after the state was already set to processing."""
     key = _event_record(db, attempts=attempts)
-    refuses_and_writes_nothing(db, records.START_SCRIPT, 2, key, keys.INFLIGHT, "0", time.time_ns() // 1_000_000,
-                               LONG_ID, name="records.start")
+    refuses_and_writes_nothing(db, records.START_SCRIPT, 4, key, keys.INFLIGHT, keys.PAUSED_TYPES, keys.PARKED, "0",
+                               time.time_ns() // 1_000_000, LONG_ID, name="records.start")
 
 
 @pytest.mark.parametrize(("index", "value"), [(1, "x"), (6, "-5"), (3, "exploded")],

@@ -16,9 +16,9 @@ import structlog
 from arq import Retry, Worker
 from arq.worker import func
 from runinfra_webhooks.handlers.registry import Registry, load_registry
+from runinfra_webhooks.service.core.route_limits import route_limits
 from runinfra_webhooks.service.gateway.client import GatewayClient
 from runinfra_webhooks.service.gateway.flow import FlowControl, job_deadline
-from runinfra_webhooks.service.gateway.limits import route_limits
 from runinfra_webhooks.service.settings import WorkerSettings
 from runinfra_webhooks.service.storage import arq_job
 from runinfra_webhooks.service.storage.connection import STORAGE_ERRORS, arq_redis_settings

@@ -33,6 +33,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Final
 
+from runinfra_webhooks.service.core.route_limits import RouteLimits
 from runinfra_webhooks.service.gateway.backoff import backoff_delay
 from runinfra_webhooks.service.gateway.client import (
     GatewayError,
@@ -40,7 +41,6 @@ from runinfra_webhooks.service.gateway.client import (
     GatewayResponse,
     GatewayTransientError,
 )
-from runinfra_webhooks.service.gateway.limits import RouteLimits
 from runinfra_webhooks.service.storage import keys
 from runinfra_webhooks.service.storage.coalesce import Coalescer
 
