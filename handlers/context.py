@@ -22,8 +22,8 @@ class HandlerContext:
     event_id: str
     generation: int
     gateway: GatewayClient | None
-    # Stores a gateway x-request-id with the event's processing state (contract §7).
-    record_request_id: Callable[[str], Awaitable[None]]
+    # Stores a gateway x-request-id, with the call's idempotency key, in the event's processing state.
+    record_request_id: Callable[[str, str], Awaitable[None]]
     # A handler that saves progress durably (a committed batch) says so: an attempt that progressed and then
     # timed out or failed transiently does not count towards RUNINFRA_MAX_ATTEMPTS, so a corpus too large for
     # one attempt is finished over several instead of dead-lettered.
@@ -44,7 +44,8 @@ class HandlerContext:
         """POST to the gateway with this event's key for (step, part); the gateway request id is recorded."""
         if self.gateway is None:
             raise PermanentError("gateway_not_configured", "RUNINFRA_API_KEY is not set")
-        response = await self.gateway.post(route, body, idempotency_key=self.key(step, part))
+        key = self.key(step, part)
+        response = await self.gateway.post(route, body, idempotency_key=key)
         if response.request_id:
-            await self.record_request_id(response.request_id)
+            await self.record_request_id(response.request_id, key)
         return response

@@ -47,8 +47,8 @@ async def process_event(ctx: dict[str, Any], event_id: str, generation: int) -> 
         bound.warning("event.dead_lettered", reason="invalid_payload")
         return "dead_lettered"
 
-    async def record_request_id(request_id: str) -> None:
-        await records.add_request_id(event_id, request_id)
+    async def record_request_id(request_id: str, idempotency_key: str) -> None:
+        await records.add_request_id(event_id, request_id, idempotency_key)
 
     progressed = False
 

@@ -14,6 +14,7 @@ from typing import Any
 from redis.asyncio import Redis
 from runinfra_webhooks.service.storage import keys
 from runinfra_webhooks.service.storage.coalesce import Coalescer
+from runinfra_webhooks.service.storage.event_index import INDEX_LUA
 from runinfra_webhooks.service.storage.ingest import arq_job_payload
 
 __all__ = ["EventRecord", "Records", "ReplayRefused"]
@@ -28,6 +29,10 @@ if state ~= 'queued' and state ~= 'processing' and state ~= 'retrying' then retu
 redis.call('HSET', KEYS[1], 'state', 'processing', 'updated_ms', ARGV[2])
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
 redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+-- Console indexes (service.storage.event_index)
+local ix = redis.call('HMGET', KEYS[1], 'received_ms', 'attempts', 'generation')
+ix_move(KEYS[3], ARGV[3], state, 'processing', ix[1])
+ix_history(KEYS[1], ARGV[2], 'processing', ix[2], ix[3], '')
 -- The record comes back with the transition: the job needs it next, and this saves a round trip.
 return redis.call('HGETALL', KEYS[1])
 """
@@ -40,6 +45,8 @@ if ARGV[8] == '1' then
   local state = redis.call('HGET', KEYS[1], 'state')
   if state ~= 'queued' and state ~= 'processing' and state ~= 'retrying' then return 0 end
 end
+-- Console indexes: the state this transition leaves (used in the block at the end)
+local ix = redis.call('HMGET', KEYS[1], 'state', 'received_ms', 'attempts', 'type')
 redis.call('HSET', KEYS[1], 'state', ARGV[4], 'updated_ms', ARGV[2], 'last_error', ARGV[5], 'reason', ARGV[6])
 if ARGV[4] == 'retrying' then
   redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
@@ -49,6 +56,10 @@ end
 if ARGV[4] == 'dead_lettered' then redis.call('ZADD', KEYS[3], ARGV[2], ARGV[3]) end
 if tonumber(ARGV[7]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[7]) end
 if ARGV[9] == '1' then redis.call('HSET', KEYS[1], 'attempts', 0) end
+-- Console indexes (service.storage.event_index)
+ix_move(KEYS[4], ARGV[3], ix[1], ARGV[4], ix[2])
+ix_history(KEYS[1], ARGV[2], ARGV[4], ix[3], ARGV[1], ARGV[5])
+if tonumber(ARGV[7]) > 0 then ix_expires(KEYS[4], ARGV[3], ix[4], ARGV[2], ARGV[7]) end
 return 1
 """
 
@@ -56,6 +67,17 @@ _ADD_REQUEST_ID = """
 local ids = cjson.decode(redis.call('HGET', KEYS[1], 'gateway_request_ids') or '[]')
 if #ids < 200 then table.insert(ids, ARGV[1]) end
 redis.call('HSET', KEYS[1], 'gateway_request_ids', cjson.encode(ids))
+-- The console shows each call with its key and the attempt it belongs to; kept across replays, capped.
+local at = redis.call('HMGET', KEYS[1], 'generation', 'attempts')
+local call = cjson.encode({request_id = ARGV[1], idempotency_key = ARGV[2], generation = tonumber(at[1] or '0'),
+  attempt = tonumber(at[2] or '0')})
+local calls = redis.call('HGET', KEYS[1], 'gateway_calls')
+if not calls then
+  calls = call
+elseif #calls < 16384 then
+  calls = calls .. '\\n' .. call
+end
+redis.call('HSET', KEYS[1], 'gateway_calls', calls)
 return #ids
 """
 
@@ -74,6 +96,11 @@ local job = '{"t":1,"f":"process_event","a":[' .. cjson.encode(ARGV[1]) .. ',' .
   .. '],"k":{},"et":' .. ARGV[2] .. '}'
 redis.call('SET', KEYS[5] .. job_id, job, 'PX', ARGV[3])
 redis.call('ZADD', KEYS[4], ARGV[2], job_id)
+-- Console indexes (service.storage.event_index)
+local ix = redis.call('HMGET', KEYS[1], 'received_ms', 'type')
+ix_move(KEYS[6], ARGV[1], 'dead_lettered', 'queued', ix[1])
+redis.call('ZREM', KEYS[6] .. 'expiry', ARGV[1] .. ' ' .. (ix[2] or ''))
+ix_history(KEYS[1], ARGV[2], 'queued', 0, gen, 'replayed')
 return gen
 """
 
@@ -87,6 +114,10 @@ redis.call('SET', KEYS[2], ARGV[5], 'PX', ARGV[4])
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[6])
 redis.call('HSET', KEYS[1], 'state', 'queued', 'updated_ms', ARGV[3])
 redis.call('ZADD', KEYS[5], ARGV[3], ARGV[1])
+-- Console indexes (service.storage.event_index)
+local ix = redis.call('HMGET', KEYS[1], 'received_ms', 'attempts')
+ix_move(KEYS[6], ARGV[1], state, 'queued', ix[1])
+ix_history(KEYS[1], ARGV[3], 'queued', ix[2], ARGV[2], 'job re-created by the sweep')
 return 1
 """
 
@@ -148,11 +179,11 @@ class Records:
         self._event_retention = event_retention
         self._dead_retention = dead_letter_retention
         self._job_expiry_ms = job_expiry_s * 1000
-        self._start = self.scripts.script(_START)
-        self._finish = self.scripts.script(_FINISH)
+        self._start = self.scripts.script(INDEX_LUA + _START)
+        self._finish = self.scripts.script(INDEX_LUA + _FINISH)
         self._add_request_id = self.scripts.script(_ADD_REQUEST_ID)
-        self._replay = self.scripts.script(_REPLAY)
-        self._requeue = self.scripts.script(_REQUEUE)
+        self._replay = self.scripts.script(INDEX_LUA + _REPLAY)
+        self._requeue = self.scripts.script(INDEX_LUA + _REQUEUE)
 
     async def get(self, event_id: str) -> EventRecord | None:
         raw = await self.redis.hgetall(keys.event(event_id))  # type: ignore[misc]
@@ -161,7 +192,8 @@ class Records:
     async def start(self, event_id: str, generation: int, now_ms: int) -> EventRecord | int:
         """Mark processing and return the record (``attempts`` is this attempt's number), or a reason to
         skip: -1 the record is gone, -2 a replay superseded this generation, -3 it already finished."""
-        result = await self._start(keys=[keys.event(event_id), keys.INFLIGHT], args=[generation, now_ms, event_id])
+        result = await self._start(keys=[keys.event(event_id), keys.INFLIGHT, keys.CONSOLE_INDEX],
+                                   args=[generation, now_ms, event_id])
         if isinstance(result, int):
             return result
         return EventRecord.from_hash(dict(zip(result[::2], result[1::2], strict=True)))
@@ -169,7 +201,7 @@ class Records:
     async def _set(self, event_id: str, generation: int, now_ms: int, state: str, error: str, reason: str,
                    ttl: int, *, only_in_flight: bool = False, reset_attempts: bool = False) -> bool:
         result = await self._finish(
-            keys=[keys.event(event_id), keys.INFLIGHT, keys.DEAD_LETTERS],
+            keys=[keys.event(event_id), keys.INFLIGHT, keys.DEAD_LETTERS, keys.CONSOLE_INDEX],
             args=[generation, now_ms, event_id, state, error, reason, ttl, int(only_in_flight), int(reset_attempts)],
         )
         return bool(result)
@@ -192,13 +224,14 @@ class Records:
         return await self._set(event_id, generation, now_ms, "dead_lettered", error, "lost", self._dead_retention,
                                only_in_flight=True)
 
-    async def add_request_id(self, event_id: str, request_id: str) -> None:
-        await self._add_request_id(keys=[keys.event(event_id)], args=[request_id])
+    async def add_request_id(self, event_id: str, request_id: str, idempotency_key: str = "") -> None:
+        await self._add_request_id(keys=[keys.event(event_id)], args=[request_id, idempotency_key])
 
     async def replay(self, event_id: str, now_ms: int) -> int:
         """Re-queue a dead-lettered event under a new key generation; returns the generation."""
         gen = await self._replay(
-            keys=[keys.event(event_id), keys.INFLIGHT, keys.DEAD_LETTERS, keys.ARQ_QUEUE, keys.ARQ_JOB],
+            keys=[keys.event(event_id), keys.INFLIGHT, keys.DEAD_LETTERS, keys.ARQ_QUEUE, keys.ARQ_JOB,
+                  keys.CONSOLE_INDEX],
             args=[event_id, now_ms, self._job_expiry_ms],
         )
         if not gen:
@@ -210,7 +243,7 @@ class Records:
         job_id = keys.job_id(event_id, generation)
         result = await self._requeue(
             keys=[keys.event(event_id), keys.ARQ_JOB + job_id, keys.ARQ_QUEUE, keys.ARQ_IN_PROGRESS + job_id,
-                  keys.INFLIGHT],
+                  keys.INFLIGHT, keys.CONSOLE_INDEX],
             args=[event_id, generation, now_ms, self._job_expiry_ms, arq_job_payload(event_id, generation, now_ms),
                   job_id],
         )
