@@ -63,6 +63,19 @@ class Settings(BaseSettings):
     lost_deadline: int = Field(86_400, alias="RUNINFRA_LOST_DEADLINE", gt=0)
     log_level: str = Field("info", alias="RUNINFRA_LOG_LEVEL")
 
+    # --- operations console (`runinfra-webhooks console`) ------------------------------------------
+    # Required by `console` only (it exits 2 without it); at least 32 characters when set.
+    console_token: SecretStr | None = Field(None, alias="RUNINFRA_CONSOLE_TOKEN")
+    console_session_ttl: int = Field(43_200, alias="RUNINFRA_CONSOLE_SESSION_TTL", gt=0)
+
+    @field_validator("console_token")
+    @classmethod
+    def _console_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 32:
+            msg = "at least 32 characters"  # never the length or any part of the value
+            raise ValueError(msg)
+        return value
+
     @field_validator("webhook_secrets", mode="before")
     @classmethod
     def _split_secrets(cls, value: Any) -> Any:

@@ -23,7 +23,7 @@ from runinfra_webhooks.service.storage.connection import connect
 from runinfra_webhooks.service.storage.records import Records, ReplayRefused
 
 __all__ = [
-    "audit_export", "audit_verify", "corpus_export", "corpus_load", "dead_letter_list", "deployments",
+    "audit_export", "audit_verify", "console", "corpus_export", "corpus_load", "dead_letter_list", "deployments",
     "events_show", "replay", "send", "serve", "worker",
 ]
 
@@ -61,6 +61,23 @@ def serve(settings: Settings, host: str, port: int) -> int:
     settle_after_startup()  # process-wide, so here at the process's entry rather than in the app factory
     # Every delivery is logged once by the receiver with its outcome; uvicorn's access log would repeat it.
     uvicorn.run(app, host=host, port=port, access_log=False, log_config=None, timeout_graceful_shutdown=10)
+    return 0
+
+
+def console(settings: Settings, host: str, port: int) -> int:
+    import uvicorn
+    from runinfra_webhooks.service.console.app import ConsoleNotConfigured, create_console_app
+    from runinfra_webhooks.service.logs import configure_logging
+
+    configure_logging(settings.log_level)
+    try:
+        app = create_console_app(settings)
+    except ConsoleNotConfigured as exc:
+        _err(f"runinfra-webhooks: {exc}")
+        return 2
+    # uvicorn's access log would print request lines only; they hold no token (it travels in headers,
+    # form bodies and the URL fragment), but pages are not worth a line each.
+    uvicorn.run(app, host=host, port=port, access_log=False, log_config=None, timeout_graceful_shutdown=5)
     return 0
 
 

@@ -46,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--stub-port", type=int, default=8090)
     dev.add_argument("--redis-url", default=None, help="use this Redis instead of starting one")
 
+    console = sub.add_parser("console", help="the operations console (web pages and JSON API) on its own port")
+    console.add_argument("--host", default="127.0.0.1")
+    console.add_argument("--port", type=int, default=8001)
+
     stub = sub.add_parser("gateway-stub", help="the local OpenAI-compatible gateway emulator")
     stub.add_argument("--host", default="127.0.0.1")
     stub.add_argument("--port", type=int, default=8090)
@@ -122,6 +126,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return dev.run_dev(port=args.port, stub_port=args.stub_port, redis_url=args.redis_url)
     if args.command == "serve":
         return cli_ops.serve(_settings(need_secret=True), args.host, args.port)
+    if args.command == "console":
+        return cli_ops.console(_settings(need_secret=False), args.host, args.port)
     if args.command == "worker":
         return cli_ops.worker(_settings(need_secret=False), burst=args.burst)
     if args.command == "send":
