@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     dev = sub.add_parser("dev", help="receiver + worker + gateway emulator (+ its own Redis) in one command")
     dev.add_argument("--port", type=int, default=8000)
     dev.add_argument("--stub-port", type=int, default=8090)
+    dev.add_argument("--console-port", type=int, default=8001)
     dev.add_argument("--redis-url", default=None, help="use this Redis instead of starting one")
 
     console = sub.add_parser("console", help="the operations console (web pages and JSON API) on its own port")
@@ -123,7 +124,8 @@ def _dispatch(args: argparse.Namespace) -> int:
                  latency=args.latency)
         return 0
     if args.command == "dev":
-        return dev.run_dev(port=args.port, stub_port=args.stub_port, redis_url=args.redis_url)
+        return dev.run_dev(port=args.port, stub_port=args.stub_port, redis_url=args.redis_url,
+                           console_port=args.console_port)
     if args.command == "serve":
         return cli_ops.serve(_settings(need_secret=True), args.host, args.port)
     if args.command == "console":

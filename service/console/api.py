@@ -85,18 +85,21 @@ def api_routes(console: Console) -> list[Route]:
             raise InvalidRequest("the body is not JSON", code="invalid_json") from None
         if not isinstance(body, dict):
             raise InvalidRequest("the body must be a JSON object", code="invalid_json")
+        for name in ("state", "type", "since", "until", "q"):
+            if name in body and not isinstance(body[name], str):
+                raise InvalidRequest(f"{name}: must be a string", code="invalid_filter")
         dry_run = body.get("dry_run", True)
         ids = body.get("event_ids")
         if not isinstance(dry_run, bool):
             raise InvalidRequest("dry_run: true or false", code="invalid_filter")
-        if ids is not None and not (isinstance(ids, list) and all(isinstance(i, str) for i in ids)):
+        if "event_ids" in body and not (isinstance(ids, list) and all(isinstance(i, str) for i in ids)):
             raise InvalidRequest("event_ids: a list of event ids", code="invalid_filter")
+        if body.get("state", "dead_lettered") not in ("", "dead_lettered"):
+            raise InvalidRequest("state: only dead-lettered events are replayed", code="invalid_filter")
         try:
             f = parse_filter({k: v for k, v in body.items() if k in ("type", "since", "until", "q")})
         except FilterError as exc:
             raise InvalidRequest(str(exc), code="invalid_filter") from None
-        if body.get("state") not in (None, "dead_lettered"):
-            raise InvalidRequest("state: only dead-lettered events are replayed", code="invalid_filter")
         return JSONResponse(await replay_matching(console.records, console.index, f, dry_run=dry_run, ids=ids))
 
     async def stats(request: Request) -> Response:

@@ -23,8 +23,8 @@ class FilterError(ValueError):
 def parse_time(name: str, value: str) -> int:
     """ISO 8601 (a naive time is UTC) or Unix seconds, to Unix milliseconds."""
     text = value.strip()
-    if re.fullmatch(r"-?\d{1,12}(\.\d+)?", text):
-        return int(float(text) * 1000)
+    if re.fullmatch(r"\d{1,12}", text):
+        return int(text) * 1000
     try:
         when = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
