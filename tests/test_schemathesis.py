@@ -113,4 +113,5 @@ def test_every_console_operation_conforms(case: Case, console_url: str, session:
     """The console API with the bearer token: whatever is generated, no 5xx and the answer matches the spec."""
     # A cursor is an opaque token: any string fits its schema, but only the console's own are accepted.
     case.call_and_validate(base_url=console_url, session=session, timeout=30,
-                           headers={"Authorization": f"Bearer {CONSOLE_TOKEN}"}, excluded_checks=[schemathesis.checks.positive_data_acceptance])
+                           headers={"Authorization": f"Bearer {CONSOLE_TOKEN}"},
+                           excluded_checks=[schemathesis.checks.positive_data_acceptance])
