@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from importlib import resources
 
 import structlog
 from redis.asyncio import Redis
@@ -29,8 +30,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
-from starlette.routing import Mount, Route
-from starlette.staticfiles import StaticFiles
+from starlette.routing import Route
 from starlette.types import ASGIApp
 
 __all__ = ["ConsoleNotConfigured", "create_console_app"]
@@ -40,6 +40,20 @@ log = structlog.get_logger("service.console")
 
 class ConsoleNotConfigured(Exception):
     """RUNINFRA_CONSOLE_TOKEN is not set."""
+
+
+_MEDIA_TYPES = {".js": "text/javascript", ".css": "text/css", ".txt": "text/plain"}
+
+
+def _static_files() -> dict[str, tuple[bytes, str]]:
+    """The console's few static files, read once into memory: served from a fixed table, no path lookup."""
+    folder = resources.files("runinfra_webhooks.service.console").joinpath("static")
+    out = {}
+    for item in folder.iterdir():
+        suffix = "." + item.name.rsplit(".", 1)[-1]
+        if suffix in _MEDIA_TYPES:
+            out[item.name] = (item.read_bytes(), _MEDIA_TYPES[suffix] + ("; charset=utf-8"))
+    return out
 
 
 class _ConsoleApp(Starlette):
@@ -93,13 +107,20 @@ def create_console_app(settings: Settings, *, redis: Redis | None = None) -> Sta
         return HTMLResponse(f"<!doctype html><title>{exc.status_code}</title><p>{exc.status_code}: {exc.title}</p>",
                             status_code=exc.status_code, headers=exc.headers)
 
-    static = StaticFiles(packages=[("runinfra_webhooks.service.console", "static")])
+    static_files = _static_files()
+
+    async def static(request: Request) -> Response:
+        found = static_files.get(request.path_params["name"])
+        if found is None:
+            raise NotFound("no such file")
+        body, media_type = found
+        return Response(body, media_type=media_type, headers={"cache-control": "public, max-age=3600"})
     return _ConsoleApp(
         routes=[
             *api_routes(console),
             *page_routes(console),
             Route("/healthz", healthz, methods=["GET"]),
-            Mount("/static", app=static, name="static"),
+            Route("/static/{name:str}", static, methods=["GET"]),
         ],
         middleware=[Middleware(RequestIdMiddleware)],
         exception_handlers={Problem: render_problem, HTTPException: render_problem, Exception: render_problem},
