@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
@@ -29,7 +30,7 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-async def _seed(redis_url: str, plan: list[tuple[str, str, dict[str, object] | None]], *, start_ms: int,
+async def _seed(redis_url: str, plan: Sequence[tuple[str, str, Mapping[str, object] | None]], *, start_ms: int,
                 step_ms: int, retention: int) -> list[Seeded]:
     """plan: (type, final state, extra data) per event; received start_ms, start_ms + step_ms, ..."""
     redis = Redis.from_url(redis_url)
@@ -64,7 +65,7 @@ async def _seed(redis_url: str, plan: list[tuple[str, str, dict[str, object] | N
     return out
 
 
-def seed(redis_url: str, plan: list[tuple[str, str, dict[str, object] | None]], *, start_ms: int | None = None,
+def seed(redis_url: str, plan: Sequence[tuple[str, str, Mapping[str, object] | None]], *, start_ms: int | None = None,
          step_ms: int = 1000, retention: int = 3600) -> list[Seeded]:
     start = start_ms if start_ms is not None else _now_ms() - len(plan) * step_ms
     return asyncio.run(_seed(redis_url, plan, start_ms=start, step_ms=step_ms, retention=retention))

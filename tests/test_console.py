@@ -368,7 +368,9 @@ def test_audit_verify_api_reports_ok_then_the_removed_entry(client: TestClient, 
     good = client.post("/api/v1/audit/verify", headers=BEARER).json()
     assert good["ok"] is True and good["checked"] == 2
     r = sync_redis.Redis.from_url(redis_url)
-    r.xdel(keys.AUDIT_STREAM, r.xrange(keys.AUDIT_STREAM, count=1)[0][0])
+    first = r.xrange(keys.AUDIT_STREAM, count=1)
+    assert isinstance(first, list)
+    r.xdel(keys.AUDIT_STREAM, first[0][0])
     bad = client.post("/api/v1/audit/verify", headers=BEARER).json()
     assert bad["ok"] is False and bad["problem"]["seq"] == 2
 
