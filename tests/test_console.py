@@ -350,7 +350,7 @@ def test_replay_api_queues_one_dead_letter_under_a_new_generation(client: TestCl
 
 
 def test_stats_api_counts_states_queue_and_deliveries_per_minute(client: TestClient, redis_url: str) -> None:
-    """Stats: events per state, queue depth, dead letters, audit head and this minute's outcomes."""
+    """Stats: events per state, queue depth, dead letters, audit head and this minute's events by state."""
     seed(redis_url, [("deployment.ready", "queued", None), ("deployment.failed", "dead_lettered", None),
                      ("other.kind", "ignored", None)], step_ms=0)
     stats = client.get("/api/v1/stats", headers=BEARER).json()
@@ -359,7 +359,7 @@ def test_stats_api_counts_states_queue_and_deliveries_per_minute(client: TestCli
     assert stats["dead_letters"] == 1
     assert stats["audit_head"]["seq"] == 3
     last = stats["deliveries_last_hour"][-1]
-    assert (last.get("queued", 0), last.get("ignored", 0)) == (2, 1)
+    assert (last.get("queued"), last.get("dead_lettered"), last.get("ignored")) == (1, 1, 1)
 
 
 def test_audit_verify_api_reports_ok_then_the_removed_entry(client: TestClient, redis_url: str) -> None:

@@ -71,17 +71,17 @@ async def test_a_stale_generation_changes_no_index(redis: Redis) -> None:
     assert await _members(redis, keys.ix_state("succeeded")) == []
 
 
-async def test_duplicates_and_invalid_bodies_add_no_entry_but_are_counted(redis: Redis) -> None:
-    """A duplicate adds nothing to the listing indexes; every delivery counts in its minute's chart bucket."""
+async def test_duplicates_and_invalid_bodies_add_no_index_entry(redis: Redis) -> None:
+    """Only stored events are indexed: a duplicate and an invalid body add nothing."""
     ingestor, _ = _stores(redis)
     now = _now()
     await ingestor.ingest(_delivery("evt_c", at=now))
     assert await ingestor.ingest(_delivery("evt_c", at=now)) == IngestOutcome.DUPLICATE
     await ingestor.ingest(_delivery("", IngestOutcome.INVALID_JSON, at=now))
-    assert await redis.zcard(keys.IX_TIME) == 1
-    counts = await redis.hgetall(keys.ix_minute(now // 60_000))  # type: ignore[misc]
-    assert counts == {b"queued": b"1", b"duplicate": b"1", b"invalid_json": b"1"}
-    assert 0 < await redis.ttl(keys.ix_minute(now // 60_000)) <= keys.MINUTE_TTL_S
+    assert await _members(redis, keys.IX_IDS) == ["evt_c"]
+    assert await _members(redis, keys.ix_state("queued")) == ["evt_c"]
+    assert (await EventIndex(redis).stats(now))["deliveries_last_hour"][-1] == {"minute": now // 60_000 * 60,
+                                                                                "queued": 1}
 
 
 async def test_sweep_trim_drops_entries_of_expired_records_only(redis: Redis) -> None:
@@ -94,9 +94,9 @@ async def test_sweep_trim_drops_entries_of_expired_records_only(redis: Redis) ->
     assert 0 < await redis.pttl(keys.event("evt_gone")) <= 1000
     await redis.delete(keys.event("evt_gone"))  # what its TTL does a second later
     assert await trim_expired(redis, _now() + 1500) == 1
-    for key in (keys.IX_TIME, keys.IX_IDS, keys.ix_type("other.kind"), keys.ix_state("ignored"), keys.IX_EXPIRY):
+    for key in (keys.IX_IDS, keys.ix_type("other.kind"), keys.ix_state("ignored"), keys.IX_EXPIRY):
         assert "evt_gone" not in " ".join(await _members(redis, key)), key
-    assert await _members(redis, keys.IX_TIME) == ["evt_live"]
+    assert await _members(redis, keys.ix_state("processing")) == ["evt_live"]
     page = await EventIndex(redis).page(EventFilter())
     assert [i["event_id"] for i in page.items] == ["evt_live"]
 
@@ -109,15 +109,19 @@ async def test_trim_redates_an_entry_whose_record_still_lives(redis: Redis) -> N
     assert await trim_expired(redis, _now()) == 0
     score = await redis.zscore(keys.IX_EXPIRY, "evt_d deployment.ready")
     assert score is not None and score > _now() + 3_000_000
-    assert await _members(redis, keys.IX_TIME) == ["evt_d"]
+    assert await _members(redis, keys.ix_state("ignored")) == ["evt_d"]
 
 
-async def test_a_received_again_id_leaves_its_old_state_index(redis: Redis) -> None:
-    """An id received again after its dedup mark expired is listed under its new state only."""
+async def test_a_received_again_id_is_listed_once_under_its_new_state(redis: Redis) -> None:
+    """An id received again after its dedup mark expired lists once, as queued; the trim drops the old entry."""
     ingestor, _ = _stores(redis)
     await ingestor.ingest(_delivery("evt_e", IngestOutcome.DEAD_LETTERED))
     await redis.delete(keys.dedup("evt_e"))
     assert await ingestor.ingest(_delivery("evt_e")) == IngestOutcome.QUEUED
+    index = EventIndex(redis)
+    assert [(i["event_id"], i["state"]) for i in (await index.page(EventFilter())).items] == [("evt_e", "queued")]
+    assert (await index.page(EventFilter(state="dead_lettered"))).items == []
+    await trim_expired(redis, _now() + 3_601_000)  # when the old record would have expired
     assert await _members(redis, keys.ix_state("dead_lettered")) == []
     assert await _members(redis, keys.ix_state("queued")) == ["evt_e"]
 

@@ -1,6 +1,7 @@
 """The overview's chart, drawn on the server as SVG shapes (no script, no chart library).
 
-Pure: per-minute delivery counts in, bars and labels out; the template turns them into SVG elements.
+Pure: per-minute counts of the events received (by the state they are in now) in, bars and labels out;
+the template turns them into SVG elements.
 """
 
 from __future__ import annotations
@@ -11,14 +12,14 @@ from typing import Any
 
 __all__ = ["OUTCOME_COLOURS", "Bar", "Chart", "deliveries_chart"]
 
-# Outcomes of a delivery at ingest, bottom to top in a bar.
+# States, bottom to top in a bar.
 OUTCOME_COLOURS = {
-    "queued": "#2f7d32",
-    "duplicate": "#7a8a99",
+    "succeeded": "#2f7d32",
     "ignored": "#b0b7bf",
+    "queued": "#1f5fbf",
+    "processing": "#7fb0ff",
+    "retrying": "#f9a825",
     "dead_lettered": "#c62828",
-    "invalid_json": "#ef6c00",
-    "invalid_event": "#f9a825",
 }
 
 WIDTH, HEIGHT, LEFT, BOTTOM, TOP = 720, 200, 40, 24, 10

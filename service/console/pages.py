@@ -21,6 +21,7 @@ from runinfra_webhooks.service.console.charts import deliveries_chart
 from runinfra_webhooks.service.console.context import Console, now_ms
 from runinfra_webhooks.service.console.filters import FilterError, parse_filter
 from runinfra_webhooks.service.console.operations import ReplayRefused, replay_matching, replay_one, verify_audit
+from runinfra_webhooks.service.core.events import CATALOGUE
 from runinfra_webhooks.service.storage import keys
 from runinfra_webhooks.service.storage.event_index import STATES
 from runinfra_webhooks.service.storage.listing import BadCursor, Cursor, EventFilter
@@ -131,7 +132,7 @@ def page_routes(console: Console) -> list[Route]:
         page = await console.index.page(f, cursor)
         more = urlencode({**f.as_query(), "cursor": page.next_cursor}) if page.next_cursor else None
         return render("events.html", request, session, page=page, filter=f, error=error, states=STATES,
-                      types=await console.index.types(), next_query=more, params=request.query_params)
+                      types=await console.index.types(CATALOGUE), next_query=more, params=request.query_params)
 
     async def event(request: Request, session: Session) -> Response:
         detail = await console.index.detail(request.path_params["event_id"])
@@ -159,7 +160,7 @@ def page_routes(console: Console) -> list[Route]:
         query = {k: v for k, v in f.as_query().items() if k != "state"}
         more = urlencode({**query, "cursor": page.next_cursor}) if page.next_cursor else None
         return render("dead_letters.html", request, session, page=page, filter=f, error=error,
-                      types=await console.index.types(), next_query=more, query=query,
+                      types=await console.index.types(CATALOGUE), next_query=more, query=query,
                       notice=request.query_params.get("notice"))
 
     async def replay_dead(request: Request, session: Session, form: FormData) -> Response:

@@ -50,7 +50,8 @@ end
 
 # KEYS: 1 expiry zset, 2 index prefix. ARGV: 1 now ms, 2 limit, 3 event key prefix, 4.. every state.
 # A due entry whose record still exists (its TTL was renewed, or the id was received again) is re-dated or
-# dropped; otherwise the event is gone and so are its entries in every index.
+# dropped, and the id is left only in its current state's index (a re-used id's old state entry goes);
+# otherwise the event is gone and so are its entries in every index.
 _TRIM = """
 local due = redis.call('ZRANGE', KEYS[1], '-inf', ARGV[1], 'BYSCORE', 'LIMIT', 0, ARGV[2])
 local removed = 0
@@ -58,12 +59,17 @@ for _, member in ipairs(due) do
   local sp = string.find(member, ' ', 1, true)
   local id, event_type = string.sub(member, 1, sp - 1), string.sub(member, sp + 1)
   local pttl = redis.call('PTTL', ARGV[3] .. id)
-  if pttl > 0 then
-    redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + pttl, member)
-  elseif pttl == -1 then
-    redis.call('ZREM', KEYS[1], member)
+  if pttl ~= -2 then
+    if pttl > 0 then
+      redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + pttl, member)
+    else
+      redis.call('ZREM', KEYS[1], member)
+    end
+    local state = redis.call('HGET', ARGV[3] .. id, 'state')
+    for i = 4, #ARGV do
+      if ARGV[i] ~= state then redis.call('ZREM', KEYS[2] .. 'state:' .. ARGV[i], id) end
+    end
   else
-    redis.call('ZREM', KEYS[2] .. 'time', id)
     redis.call('ZREM', KEYS[2] .. 'ids', id)
     redis.call('ZREM', KEYS[2] .. 'type:' .. event_type, id)
     for i = 4, #ARGV do redis.call('ZREM', KEYS[2] .. 'state:' .. ARGV[i], id) end

@@ -7,7 +7,7 @@
 -- ARGV: 1 wanted (queued|ignored|dead_lettered|invalid_json|invalid_event)  2 event id  3 dedup ttl s
 --       4 now ms  5 job id  6 job json  7 job expiry ms  8 retention s (ignored)  9 retention s (dead)
 --       10 type  11 created  12 request id  13 secret index  14 header  15 body  16 digest  17 reason
---       18 console minute counter ttl s
+
 local wanted = ARGV[1]
 local now = ARGV[4]
 local outcome = wanted
@@ -23,9 +23,6 @@ if wanted == 'queued' or wanted == 'ignored' or wanted == 'dead_lettered' then
 end
 
 local stored = outcome == 'queued' or outcome == 'ignored' or outcome == 'dead_lettered'
--- Console indexes: a re-used id (dedup mark expired, record kept) leaves the state it was listed under.
-local previous = stored and redis.call('HMGET', KEYS[2], 'state', 'type')
-
 if stored then
   redis.call('DEL', KEYS[2])
   redis.call('HSET', KEYS[2],
@@ -55,29 +52,18 @@ local audit_id = redis.call('XADD', KEYS[7], '*',
   'header', ARGV[14], 'body', ARGV[15], 'digest', ARGV[16])
 redis.call('HSET', KEYS[8], 'seq', seq, 'hash', hash)
 
--- Console indexes (service.storage.event_index; keys.py says what each costs): listing by time, state
--- and type, the first history entry, where the audit entry is, and the deliveries per minute.
-local ix = KEYS[9]
+-- Console indexes (service.storage.event_index; keys.py says what each costs): the id, type and state
+-- indexes, when the record expires, and where its audit entry is. Kept to a few commands: the ingest
+-- path's budget for them is 5 % (docs/BENCHMARKS.md).
 if stored then
-  local id, event_type = ARGV[2], ARGV[10]
-  if previous[1] then
-    redis.call('ZREM', ix .. 'state:' .. previous[1], id)
-    if previous[2] and previous[2] ~= event_type then redis.call('ZREM', ix .. 'type:' .. previous[2], id) end
-  end
-  redis.call('ZADD', ix .. 'time', now, id)
+  local ix, id = KEYS[9], ARGV[2]
   redis.call('ZADD', ix .. 'ids', 0, id)
-  redis.call('ZADD', ix .. 'type:' .. event_type, now, id)
+  redis.call('ZADD', ix .. 'type:' .. ARGV[10], now, id)
   redis.call('ZADD', ix .. 'state:' .. outcome, now, id)
-  redis.call('SADD', ix .. 'types', event_type)
-  if outcome == 'ignored' then
-    ix_expires(ix, id, event_type, now, ARGV[8])
-  elseif outcome == 'dead_lettered' then
-    ix_expires(ix, id, event_type, now, ARGV[9])
+  if outcome ~= 'queued' then
+    local ttl = outcome == 'ignored' and ARGV[8] or ARGV[9]
+    redis.call('ZADD', ix .. 'expiry', tonumber(now) + tonumber(ttl) * 1000, id .. ' ' .. ARGV[10])
   end
-  redis.call('HSET', KEYS[2], 'audit_id', audit_id, 'audit_seq', seq, 'audit_hash', hash, 'history',
-    '{"at":' .. now .. ',"state":"' .. outcome .. '","attempt":0,"generation":0,"error":'
-    .. cjson.encode(ARGV[17]) .. '}')
+  redis.call('HSET', KEYS[2], 'audit_id', audit_id)
 end
-local minute = ix .. 'minute:' .. math.floor(tonumber(now) / 60000)
-if redis.call('HINCRBY', minute, outcome, 1) == 1 then redis.call('EXPIRE', minute, ARGV[18]) end
 return outcome

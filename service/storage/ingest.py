@@ -21,11 +21,10 @@ from redis.asyncio import Redis
 from runinfra_webhooks.service.core.audit import entry_digest
 from runinfra_webhooks.service.storage import keys
 from runinfra_webhooks.service.storage.coalesce import Coalescer
-from runinfra_webhooks.service.storage.event_index import INDEX_LUA
 
 __all__ = ["Delivery", "IngestOutcome", "Ingestor", "arq_job_payload"]
 
-_SCRIPT = INDEX_LUA + resources.files("runinfra_webhooks.service.storage").joinpath("ingest.lua").read_text()
+_SCRIPT = resources.files("runinfra_webhooks.service.storage").joinpath("ingest.lua").read_text()
 
 
 class IngestOutcome(StrEnum):
@@ -81,7 +80,7 @@ class Ingestor:
         self._expiry_and_retention = (job_expiry_s * 1000, event_retention, dead_letter_retention)
 
     def _args(self, d: Delivery) -> tuple[Any, ...]:
-        """KEYS 1-9 then ARGV 1-18 of the script (see ingest.lua)."""
+        """KEYS 1-9 then ARGV 1-17 of the script (see ingest.lua)."""
         job_id = keys.job_id(d.event_id, 0)
         digest = entry_digest(
             event_id=d.event_id, received_ms=d.received_ms, request_id=d.request_id,
@@ -91,7 +90,7 @@ class Ingestor:
             keys.dedup(d.event_id), keys.event(d.event_id), keys.ARQ_JOB + job_id, *self._const_keys,
             d.wanted.value, d.event_id, self._dedup_ttl, d.received_ms, job_id,
             arq_job_payload(d.event_id, 0, d.received_ms), *self._expiry_and_retention, d.type, d.created,
-            d.request_id, d.secret_index, d.header, d.body, digest, d.reason, keys.MINUTE_TTL_S,
+            d.request_id, d.secret_index, d.header, d.body, digest, d.reason,
         )
 
     async def ingest(self, d: Delivery) -> IngestOutcome:

@@ -21,9 +21,7 @@ __all__ = [
     "INFLIGHT",
     "IX_EXPIRY",
     "IX_IDS",
-    "IX_TIME",
     "IX_TYPES",
-    "MINUTE_TTL_S",
     "PROCESS_EVENT",
     "console_session",
     "corpora_by_model",
@@ -37,7 +35,6 @@ __all__ = [
     "deployment_history",
     "event",
     "followup_reply",
-    "ix_minute",
     "ix_state",
     "ix_type",
     "job_id",
@@ -80,14 +77,16 @@ AUDIT_BASE = f"{PREFIX}audit:base"  # hash: seq, hash of the last entry trimmed 
 
 # --- console indexes ------------------------------------------------------------------------------
 # Written by the same atomic scripts that change an event's state (ingest.lua, records.py), so listing by
-# time, state and type never scans. Bounded by the event retention: the sweep removes the entries of
-# events whose record expired (IX_EXPIRY says which, without looking at the others). Cost per stored
-# event, measured in docs/BENCHMARKS.md: one member in IX_TIME, IX_IDS, one ix_type and one ix_state zset
-# (~4 x 70 B with a 30-character id), and a history field of ~90 B per transition in its record (capped).
+# time, state and type never scans. The per-state sets together are the time index of every retained
+# event (a page of "all events" merges their newest entries). Bounded by the event retention: the sweep
+# removes the entries of events whose record expired (IX_EXPIRY says which, without looking at the
+# others). Cost per stored event (docs/BENCHMARKS.md): one member in IX_IDS, one ix_type and one ix_state
+# zset (~3 x 70 B with a 30-character id), one in IX_EXPIRY once the record has a TTL, the audit entry's
+# id in the record, and a history field of ~90 B per worker transition (capped); ingest pays four or
+# five commands inside its script for them.
 CONSOLE_INDEX = f"{PREFIX}ix:"  # the prefix the scripts build the per-state and per-type names from
-IX_TIME = f"{PREFIX}ix:time"  # zset event_id -> ms received: every retained event, newest first by score
 IX_IDS = f"{PREFIX}ix:ids"  # zset event_id -> 0: ordered by id, for the id-prefix search (ZRANGE BYLEX)
-IX_TYPES = f"{PREFIX}ix:types"  # set of event types seen (the console's type filter); a few members
+IX_TYPES = f"{PREFIX}ix:types"  # set of event types a worker has seen (the console's type filter); a few members
 # zset "<event_id> <type>" -> ms when the record expires; only records that have a TTL (succeeded, ignored,
 # dead-lettered). The type is in the member because the record (and its type) is gone when the sweep
 # needs it to find the per-type entry.
@@ -102,17 +101,6 @@ def ix_state(state: str) -> str:
 def ix_type(event_type: str) -> str:
     """Zset event_id -> ms received, of the events of one type."""
     return f"{CONSOLE_INDEX}type:{event_type}"
-
-
-def ix_minute(minute: int) -> str:
-    """Hash outcome -> deliveries in one Unix minute (duplicates included), for the console's chart.
-
-    EX = 2 hours (the chart shows the last hour); one HINCRBY per verified delivery.
-    """
-    return f"{CONSOLE_INDEX}minute:{minute}"
-
-
-MINUTE_TTL_S = 7200
 
 
 def console_session(session_hash: str) -> str:

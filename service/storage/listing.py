@@ -1,9 +1,10 @@
 """Reading the console's indexes: pages of events by time, state, type and id prefix, without a scan.
 
-A page walks one sorted set newest first (the state's, the type's, or the time index), from a cursor that
-is the (score, id) of the last event shown, so paging stays stable while events arrive. A filter on both
-state and type walks the smaller of the two and checks membership in the other, a bounded number of
-entries per page; an id prefix reads the id index (at most ``PREFIX_CAP`` matches) and sorts those.
+A page walks sorted sets newest first (the state's, the type's, or all the state sets merged: together
+they are the time index of every retained event), from a cursor that is the (score, id) of the last event
+shown, so paging stays stable while events arrive. A filter on both state and type walks the smaller of
+the two and checks membership in the other, a bounded number of entries per page; an id prefix reads the
+id index (at most ``PREFIX_CAP`` matches) and sorts those.
 """
 
 from __future__ import annotations
@@ -114,26 +115,30 @@ class EventIndex:
         if f.type and not (f.state or f.q):
             return int(await self.redis.zcount(keys.ix_type(f.type), *self._range(f)))
         if not (f.state or f.type or f.q):
-            return int(await self.redis.zcount(keys.IX_TIME, *self._range(f)))
+            pipe = self.redis.pipeline(transaction=False)
+            for state in STATES:
+                pipe.zcount(keys.ix_state(state), *self._range(f))
+            return sum(int(n) for n in await pipe.execute())
         return len([i async for i in self.iter_ids(f)])
 
     @staticmethod
     def _range(f: EventFilter) -> tuple[int | str, int | str]:
         return (f.since_ms if f.since_ms is not None else "-inf", f.until_ms if f.until_ms is not None else "+inf")
 
-    async def _primary(self, f: EventFilter) -> tuple[str, str | None]:
+    async def _primary(self, f: EventFilter) -> tuple[list[str], str | None]:
+        """The sets to walk, and the set whose membership a hit must also have."""
         if f.state and f.type:
             a, b = keys.ix_state(f.state), keys.ix_type(f.type)
             pipe = self.redis.pipeline(transaction=False)
             pipe.zcard(a)
             pipe.zcard(b)
             ca, cb = await pipe.execute()
-            return (a, b) if ca <= cb else (b, a)
+            return ([a], b) if ca <= cb else ([b], a)
         if f.state:
-            return keys.ix_state(f.state), None
+            return [keys.ix_state(f.state)], None
         if f.type:
-            return keys.ix_type(f.type), None
-        return keys.IX_TIME, None
+            return [keys.ix_type(f.type)], None
+        return [keys.ix_state(s) for s in STATES], None
 
     async def _walk(self, f: EventFilter, cursor: Cursor | None, want: int
                     ) -> tuple[list[tuple[int, str]], Cursor | None]:
@@ -159,15 +164,16 @@ class EventIndex:
                 return hits, position
         return hits[:want], None
 
-    async def _read(self, key: str, upper: Cursor | None, low: int | str, high: int | str, count: int
+    async def _read(self, sets: list[str], upper: Cursor | None, low: int | str, high: int | str, count: int
                     ) -> list[tuple[int, str]]:
-        """Up to ``count`` entries of ``key`` strictly before ``upper`` in (score desc, id desc) order."""
+        """Up to ``count`` entries of ``sets`` (merged) strictly before ``upper``, in (score, id) descending."""
         pipe = self.redis.pipeline(transaction=False)
-        if upper is None:
-            # redis-py types the bounds as int; BYSCORE and BYLEX take "(", "[" and "inf" strings too.
-            pipe.zrange(key, high, low, desc=True, byscore=True, offset=0, num=count,  # type: ignore[arg-type]
-                        withscores=True)
-        else:
+        for key in sets:
+            if upper is None:
+                # redis-py types the bounds as int; BYSCORE and BYLEX take "(", "[" and "inf" strings too.
+                pipe.zrange(key, high, low, desc=True, byscore=True, offset=0, num=count,  # type: ignore[arg-type]
+                            withscores=True)
+                continue
             top = upper.score if high == "+inf" else min(upper.score, int(high))
             if top == upper.score:
                 pipe.zrange(key, top, top, desc=True, byscore=True, offset=0, num=TIE_CAP, withscores=True)
@@ -179,6 +185,8 @@ class EventIndex:
                 entry = (int(score), member.decode())
                 if _before(entry[0], entry[1], upper):
                     out.append(entry)
+        if len(sets) > 1:
+            out.sort(reverse=True)
         return out[:count]
 
     async def _prefix_hits(self, f: EventFilter) -> list[tuple[int, str]]:
@@ -190,14 +198,17 @@ class EventIndex:
         names = [i.decode() for i in ids]
         primary, secondary = await self._primary(f)
         pipe = self.redis.pipeline(transaction=False)
-        pipe.zmscore(primary, names)
+        for key in primary:
+            pipe.zmscore(key, names)
         if secondary is not None:
             pipe.zmscore(secondary, names)
-        scores = await pipe.execute()
+        replies = await pipe.execute()
+        found = [next((r[i] for r in replies[:len(primary)] if r[i] is not None), None) for i in range(len(names))]
+        also = replies[len(primary)] if secondary is not None else [0] * len(names)
         low = f.since_ms if f.since_ms is not None else -1
         high = f.until_ms if f.until_ms is not None else 1 << 62
-        hits = [(int(s), n) for s, n, *other in zip(scores[0], names, *scores[1:], strict=True)
-                if s is not None and all(o is not None for o in other) and low <= s <= high]
+        hits = [(int(s), n) for s, n, o in zip(found, names, also, strict=True)
+                if s is not None and o is not None and low <= s <= high]
         hits.sort(reverse=True)
         return hits
 
@@ -208,9 +219,11 @@ class EventIndex:
         for _, event_id in hits:
             pipe.hmget(keys.event(event_id), list(_LIST_FIELDS))
         out = []
+        seen: set[bytes] = set()
         for values in await pipe.execute():
-            if values[0] is None:
-                continue  # expired a moment ago; the sweep drops its index entries
+            if values[0] is None or values[0] in seen:
+                continue  # expired a moment ago (the sweep drops its entries), or listed already
+            seen.add(values[0])
             row = {name: (v.decode("utf-8", "replace") if v is not None else "")
                    for name, v in zip(_LIST_FIELDS, values, strict=True)}
             if (f.state and row["state"] != f.state) or (f.type and row["type"] != f.type):
@@ -253,8 +266,14 @@ class EventIndex:
                     "request_id": fields[b"request_id"].decode(),
                 }
             else:
-                out["audit"] = {"stream_id": audit_id.decode(), "seq": int(raw.get(b"audit_seq", b"0")),
-                                "hash": raw.get(b"audit_hash", b"").decode(), "trimmed": True}
+                out["audit"] = {"stream_id": audit_id.decode(), "trimmed": True}
+        # The first entry (the delivery's outcome) is not written at ingest, to keep that path lean: it is
+        # the audit entry's outcome, or what a first worker transition implies.
+        first = (out["audit"] or {}).get("outcome")
+        if first is None:
+            first = record.state if not out["history"] else "queued"
+        out["history"].insert(0, {"at": record.received_ms, "state": first, "attempt": 0, "generation": 0,
+                                  "error": record.reason if first == "dead_lettered" and not out["history"] else ""})
         return out
 
     # --- the overview ----------------------------------------------------------------------------
@@ -268,29 +287,34 @@ class EventIndex:
         pipe.zrange(keys.ARQ_QUEUE, 0, 0, withscores=True)
         pipe.zcard(keys.DEAD_LETTERS)
         pipe.hmget(keys.AUDIT_HEAD, ["seq", "hash"])
-        pipe.zcard(keys.IX_TIME)
         for m in minutes:
-            pipe.hgetall(keys.ix_minute(m))
+            for state in STATES:
+                pipe.zcount(keys.ix_state(state), m * 60_000, m * 60_000 + 59_999)
         res = await pipe.execute()
         states = dict(zip(STATES, (int(n) for n in res[:len(STATES)]), strict=True))
-        depth, oldest, dead, head, retained = res[len(STATES):len(STATES) + 5]
-        per_minute = res[len(STATES) + 5:]
+        depth, oldest, dead, head = res[len(STATES):len(STATES) + 4]
+        per_minute = res[len(STATES) + 4:]
         oldest_age = max(0.0, (now_ms - oldest[0][1]) / 1000) if oldest else None
+        n = len(STATES)
         return {
             "states": states,
-            "retained_events": int(retained),
+            "retained_events": sum(states.values()),
             "queue_depth": int(depth),
             "oldest_queued_age_s": oldest_age,
             "dead_letters": int(dead),
             "audit_head": {"seq": int(head[0] or 0), "hash": (head[1] or b"").decode() or None},
+            # Events received in each minute, by the state they are in now.
             "deliveries_last_hour": [
-                {"minute": m * 60, **{k.decode(): int(v) for k, v in counts.items()}}
-                for m, counts in zip(minutes, per_minute, strict=True)
+                {"minute": m * 60, **{s: int(c) for s, c in zip(STATES, per_minute[i * n:(i + 1) * n], strict=True)
+                                      if c}}
+                for i, m in enumerate(minutes)
             ],
         }
 
-    async def types(self) -> list[str]:
-        return sorted(t.decode() for t in await self.redis.smembers(keys.IX_TYPES))  # type: ignore[misc]
+    async def types(self, known: frozenset[str] = frozenset()) -> list[str]:
+        """Types to offer in a filter: ``known`` (the catalogue) and every type a worker has seen."""
+        seen = {t.decode() for t in await self.redis.smembers(keys.IX_TYPES)}  # type: ignore[misc]
+        return sorted(seen | known)
 
 
 def _lines(raw: bytes | None) -> list[Any]:

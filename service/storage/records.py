@@ -30,9 +30,11 @@ redis.call('HSET', KEYS[1], 'state', 'processing', 'updated_ms', ARGV[2])
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
 redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 -- Console indexes (service.storage.event_index)
-local ix = redis.call('HMGET', KEYS[1], 'received_ms', 'attempts', 'generation')
+local ix = redis.call('HMGET', KEYS[1], 'received_ms', 'attempts', 'generation', 'type')
 ix_move(KEYS[3], ARGV[3], state, 'processing', ix[1])
 ix_history(KEYS[1], ARGV[2], 'processing', ix[2], ix[3], '')
+-- The types offered by the console's filter (here rather than at ingest, whose budget is tighter).
+redis.call('SADD', KEYS[3] .. 'types', ix[4])
 -- The record comes back with the transition: the job needs it next, and this saves a round trip.
 return redis.call('HGETALL', KEYS[1])
 """
