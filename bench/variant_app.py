@@ -32,7 +32,10 @@ class _NoLog:
 
 
 def without_console_index(script: str) -> str:
-    """The ingest script as it was before the console's indexes: their block removed."""
+    """The ingest script as it was before the console's indexes: their block and the audit link removed."""
+    link = ", 'audit_id', audit_id)"
+    assert link in script
+    script = script.replace(link, ")")
     start = script.index("-- Console indexes (service.storage.event_index;")
     end = script.index("return outcome", start)
     return script[:start] + script[end:]

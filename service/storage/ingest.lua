@@ -22,13 +22,24 @@ if wanted == 'queued' or wanted == 'ignored' or wanted == 'dead_lettered' then
   end
 end
 
+-- The audit entry first, so the record can name it (the console shows an event's entry) in its own write.
+local head = redis.call('HMGET', KEYS[8], 'seq', 'hash')
+local seq = tonumber(head[1] or '0') + 1
+local prev = head[2] or '0000000000000000000000000000000000000000'
+local hash = redis.sha1hex(prev .. '\n' .. seq .. '\n' .. outcome .. '\n' .. ARGV[16])
+local audit_id = redis.call('XADD', KEYS[7], '*',
+  'seq', seq, 'prev', prev, 'hash', hash, 'outcome', outcome, 'event_id', ARGV[2],
+  'received_ms', now, 'request_id', ARGV[12], 'secret_index', ARGV[13],
+  'header', ARGV[14], 'body', ARGV[15], 'digest', ARGV[16])
+redis.call('HSET', KEYS[8], 'seq', seq, 'hash', hash)
+
 local stored = outcome == 'queued' or outcome == 'ignored' or outcome == 'dead_lettered'
 if stored then
   redis.call('DEL', KEYS[2])
   redis.call('HSET', KEYS[2],
     'id', ARGV[2], 'type', ARGV[10], 'created', ARGV[11], 'body', ARGV[15], 'state', outcome,
     'generation', '0', 'attempts', '0', 'received_ms', now, 'updated_ms', now,
-    'request_id', ARGV[12], 'secret_index', ARGV[13])
+    'request_id', ARGV[12], 'secret_index', ARGV[13], 'audit_id', audit_id)
   if outcome == 'queued' then
     redis.call('SET', KEYS[3], ARGV[6], 'PX', ARGV[7])
     redis.call('ZADD', KEYS[4], now, ARGV[5])
@@ -42,19 +53,9 @@ if stored then
   end
 end
 
-local head = redis.call('HMGET', KEYS[8], 'seq', 'hash')
-local seq = tonumber(head[1] or '0') + 1
-local prev = head[2] or '0000000000000000000000000000000000000000'
-local hash = redis.sha1hex(prev .. '\n' .. seq .. '\n' .. outcome .. '\n' .. ARGV[16])
-local audit_id = redis.call('XADD', KEYS[7], '*',
-  'seq', seq, 'prev', prev, 'hash', hash, 'outcome', outcome, 'event_id', ARGV[2],
-  'received_ms', now, 'request_id', ARGV[12], 'secret_index', ARGV[13],
-  'header', ARGV[14], 'body', ARGV[15], 'digest', ARGV[16])
-redis.call('HSET', KEYS[8], 'seq', seq, 'hash', hash)
-
 -- Console indexes (service.storage.event_index; keys.py says what each costs): the id, type and state
--- indexes, when the record expires, and where its audit entry is. Kept to a few commands: the ingest
--- path's budget for them is 5 % (docs/BENCHMARKS.md).
+-- indexes, and when the record expires. Kept to three commands: the ingest path's budget for them is
+-- 5 % (docs/BENCHMARKS.md).
 if stored then
   local ix, id = KEYS[9], ARGV[2]
   redis.call('ZADD', ix .. 'ids', 0, id)
@@ -64,6 +65,5 @@ if stored then
     local ttl = outcome == 'ignored' and ARGV[8] or ARGV[9]
     redis.call('ZADD', ix .. 'expiry', tonumber(now) + tonumber(ttl) * 1000, id .. ' ' .. ARGV[10])
   end
-  redis.call('HSET', KEYS[2], 'audit_id', audit_id)
 end
 return outcome
