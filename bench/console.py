@@ -5,9 +5,11 @@
     .venv/bin/python -m bench.console --only listing
 
 1. ``ingest``: CPU per delivery of the real receiver (its process, pinned to core 0) plus Redis's own CPU per
-   delivery, with the console's index block in the ingest script ("after", the receiver as shipped) and
-   without it ("before", ``bench.variant_app --variant no-index``), A/B alternated in one run; the figure is
-   the median of the per-pair ratios.
+   delivery, with the console's index block in the ingest script ("after", ``bench.variant_app --variant
+   full``: the receiver as shipped) and without it ("before", ``--variant no-index``: the same app and entry
+   point, only the script differs), A/B alternated in one run; the figure is the median of the per-pair
+   ratios. ``script``: the same two scripts run by an ``Ingestor`` in this process (no HTTP), so Redis's CPU
+   per delivery is measured without the receiver's noise.
 2. ``listing``: a page of ``GET /api/v1/events`` from a running ``console`` process over 1,000 and over
    1,000,000 retained events (index keys and records filled by a pipelined loader, not through HTTP), for
    the newest page, each filter, a combined filter, an id prefix and a page deep in the history; the two
@@ -45,7 +47,7 @@ def _state(i: int) -> str:
 
 
 def fill(client: sync_redis.Redis, n: int, batch: int = 20_000) -> float:
-    """n retained events: a small record each and its entries in the time, id, type and state indexes."""
+    """n retained events: a small record each and its entries in the id, type and state indexes."""
     t0 = time.monotonic()
     for start in range(0, n, batch):
         pipe = client.pipeline(transaction=False)
@@ -60,12 +62,11 @@ def fill(client: sync_redis.Redis, n: int, batch: int = 20_000) -> float:
             by_time[event_id] = at
             by_type[type_][event_id] = at
             by_state.setdefault(state, {})[event_id] = at
-        pipe.zadd(keys.IX_TIME, by_time)  # type: ignore[arg-type]
         pipe.zadd(keys.IX_IDS, dict.fromkeys(by_time, 0))
         for type_, members in by_type.items():
-            pipe.zadd(keys.ix_type(type_), members)  # type: ignore[arg-type]
+            pipe.zadd(keys.ix_type(type_), members)
         for state, members in by_state.items():
-            pipe.zadd(keys.ix_state(state), members)  # type: ignore[arg-type]
+            pipe.zadd(keys.ix_state(state), members)
         pipe.sadd(keys.IX_TYPES, *TYPES)
         pipe.execute()
     return time.monotonic() - t0
@@ -141,11 +142,13 @@ def bench_listing(out: Path, args: argparse.Namespace) -> dict[str, Any]:
         table = []
         for name in queries(sizes[0]):
             small, big = samples[(sizes[0], name)], samples[(sizes[1], name)]
-            row = {"query": name, "items_small": items[(sizes[0], name)], "items_big": items[(sizes[1], name)],
-                   "median_ms_small": statistics.median(small), "median_ms_big": statistics.median(big),
-                   "p90_ms_small": statistics.quantiles(small, n=10)[-1],
-                   "p90_ms_big": statistics.quantiles(big, n=10)[-1]}
-            row["ratio"] = row["median_ms_big"] / row["median_ms_small"]
+            row: dict[str, Any] = {"query": name, "items_small": items[(sizes[0], name)],
+                                   "items_big": items[(sizes[1], name)],
+                                   "median_ms_small": statistics.median(small),
+                                   "median_ms_big": statistics.median(big),
+                                   "p90_ms_small": statistics.quantiles(small, n=10)[-1],
+                                   "p90_ms_big": statistics.quantiles(big, n=10)[-1],
+                                   "ratio": statistics.median(big) / statistics.median(small)}
             table.append(row)
             log(f"{name:24s} {sizes[0]}: {row['median_ms_small']:.2f} ms ({row['items_small']} items)  "
                 f"{sizes[1]}: {row['median_ms_big']:.2f} ms ({row['items_big']} items)  ratio {row['ratio']:.2f}")
@@ -164,7 +167,7 @@ def bench_ingest_overhead(out: Path, args: argparse.Namespace) -> dict[str, Any]
     runs: list[dict[str, Any]] = []
     try:
         for r in range(args.repeats):
-            order = ("variant:no-index", "receiver") if r % 2 == 0 else ("receiver", "variant:no-index")
+            order = ("variant:no-index", "variant:full") if r % 2 == 0 else ("variant:full", "variant:no-index")
             for kind in order:
                 tag = f"ingest-{kind.replace(':', '-')}-{r}"
                 res = ingest_once(kind, rd, out, tag, connections=args.connections, duration=args.duration,
@@ -178,7 +181,7 @@ def bench_ingest_overhead(out: Path, args: argparse.Namespace) -> dict[str, Any]
     finally:
         rd.stop()
     before = [r for r in runs if r["kind"] == "variant:no-index"]
-    after = [r for r in runs if r["kind"] == "receiver"]
+    after = [r for r in runs if r["kind"] == "variant:full"]
     pairs = list(zip(before, after, strict=True))
     summary: dict[str, Any] = {"runs": runs}
     for name, rs in (("before", before), ("after", after)):
@@ -196,10 +199,63 @@ def bench_ingest_overhead(out: Path, args: argparse.Namespace) -> dict[str, Any]
     return summary
 
 
+async def _script_run(redis_url: str, script: str, tag: str, n: int) -> float:
+    """Redis CPU microseconds per delivery for ``n`` queued deliveries through ``script``."""
+    import asyncio
+
+    import runinfra_webhooks.service.storage.ingest as ingest_module
+    from redis.asyncio import Redis
+    from runinfra_webhooks.service.storage.ingest import Delivery, Ingestor, IngestOutcome
+
+    ingest_module._SCRIPT = script
+    client = Redis.from_url(redis_url)
+    await client.flushall()
+    ingestor = Ingestor(client, dedup_ttl=3600, event_retention=3600, dead_letter_retention=3600, job_expiry_s=3600)
+    body = (ROOT / "service" / "devtools" / "examples" / "deployment.ready.json").read_bytes()
+    info = sync_redis.Redis.from_url(redis_url)
+    before: dict[str, Any] = info.info("cpu")  # type: ignore[assignment]
+    now = time.time_ns() // 1_000_000
+    for start in range(0, n, 200):
+        await asyncio.gather(*(ingestor.ingest(Delivery(
+            IngestOutcome.QUEUED, f"evt_{tag}_{i:08d}", "deployment.ready", 1, b"t=1,v1=" + b"a" * 64, body,
+            "r" * 32, 0, now + i)) for i in range(start, start + 200)))
+    after: dict[str, Any] = info.info("cpu")  # type: ignore[assignment]
+    await client.aclose()
+    used = (after["used_cpu_user"] + after["used_cpu_sys"]) - (before["used_cpu_user"] + before["used_cpu_sys"])
+    return float(used) / n * 1e6
+
+
+def bench_script(out: Path, args: argparse.Namespace) -> dict[str, Any]:
+    import asyncio
+
+    import runinfra_webhooks.service.storage.ingest as ingest_module
+
+    from bench.variant_app import without_console_index
+
+    full = ingest_module._SCRIPT
+    variants = {"before": without_console_index(full), "after": full}
+    rd = RedisProc(out / "redis-script", aof=False)
+    rd.start()
+    samples: dict[str, list[float]] = {"before": [], "after": []}
+    try:
+        for r in range(args.repeats):
+            for name in (("before", "after") if r % 2 == 0 else ("after", "before")):
+                samples[name].append(asyncio.run(_script_run(rd.url, variants[name], f"{name}{r}", 20_000)))
+    finally:
+        ingest_module._SCRIPT = full
+        rd.stop()
+    ratios = [a / b for b, a in zip(samples["before"], samples["after"], strict=True)]
+    result = {"redis_cpu_us_before": median(samples["before"]), "redis_cpu_us_after": median(samples["after"]),
+              "samples": samples, "ratio": median(ratios)}
+    log(f"script alone: Redis CPU per delivery {result['redis_cpu_us_before']:.1f} -> "
+        f"{result['redis_cpu_us_after']:.1f} us (median ratio {result['ratio']:.3f})")
+    return result
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m bench.console")
     p.add_argument("--quick", action="store_true")
-    p.add_argument("--only", default="ingest,listing")
+    p.add_argument("--only", default="script,ingest,listing")
     p.add_argument("--events", type=int, default=1_000_000, help="retained events of the large listing case")
     p.add_argument("--connections", type=int, default=50)
     args = p.parse_args(argv)
@@ -212,6 +268,8 @@ def main(argv: list[str] | None = None) -> None:
     summary: dict[str, Any] = {"meta": {"date": time.strftime("%Y-%m-%d %H:%M:%S %z"), "argv": sys.argv[1:],
                                         "load_start": loadavg(), "cpus": os.cpu_count()}}
     parts = args.only.split(",")
+    if "script" in parts:
+        summary["script"] = bench_script(out, args)
     if "ingest" in parts:
         summary["ingest"] = bench_ingest_overhead(out, args)
     if "listing" in parts:

@@ -92,19 +92,27 @@ def test_send_with_the_wrong_secret_is_rejected_and_exits_1(env: dict[str, str],
 
 
 def test_dev_runs_the_whole_loop_on_one_machine(tmp_path: Path) -> None:
-    """`dev` starts Redis, emulator, worker and receiver; a `send` ends as a spoken follow-up; Ctrl-C stops all."""
-    port, stub_port = free_port(), free_port()
+    """`dev` starts Redis, emulator, worker, receiver and console; a `send` ends as a spoken follow-up; Ctrl-C
+    stops all."""
+    port, stub_port, console_port = free_port(), free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("RUNINFRA_") and k != "REDIS_URL"}
     env["RUNINFRA_ARTIFACTS_DIR"] = str(tmp_path / "artifacts")
     log = tmp_path / "dev.log"
     with log.open("w") as out:
         dev = subprocess.Popen([sys.executable, "-m", "runinfra_webhooks", "dev", "--port", str(port), "--stub-port",
-                                str(stub_port)], env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
+                                str(stub_port), "--console-port", str(console_port)], env=env, cwd=tmp_path,
+                               stdout=out, stderr=subprocess.STDOUT)
     try:
         wait_until(lambda: "send a first event" in log.read_text() or dev.poll() is not None, timeout=60,
                    what="dev to start")
         hint = log.read_text()
         assert dev.poll() is None, hint
+        login = f"http://127.0.0.1:{console_port}/login#token="
+        assert login in hint
+        token = hint.split(login)[1].split()[0]
+        assert len(token) >= 32
+        assert httpx.get(f"http://127.0.0.1:{console_port}/api/v1/stats",
+                         headers={"Authorization": f"Bearer {token}"}).status_code == 200
         redis_url = hint.split("REDIS_URL=")[1].split()[0]
         send_env = dict(env, RUNINFRA_WEBHOOK_SECRET="whsec_dev_local_only", REDIS_URL=redis_url)
         sent = cli(send_env, "send", "transcription.completed", "--url", f"http://127.0.0.1:{port}/webhooks/runinfra")
