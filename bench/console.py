@@ -79,7 +79,8 @@ def queries(n: int) -> dict[str, dict[str, str]]:
         "newest page": {},
         "state=dead_lettered": {"state": "dead_lettered"},
         "type=deployment.ready": {"type": "deployment.ready"},
-        "state+type": {"state": "queued", "type": "deployment.failed"},
+        "state+type": {"state": "succeeded", "type": "deployment.ready"},
+        "state+type, sparse": {"state": "queued", "type": "deployment.failed"},  # 3 % x 1/6 of the events
         "q=id prefix": {"q": f"evt_{mid // 1000:06d}"},
         "deep cursor": {"cursor": deep},
         "since/until": {"since": str((BASE_MS + mid * 7) // 1000 - 60), "until": str((BASE_MS + mid * 7) // 1000)},

@@ -81,7 +81,7 @@ AUDIT_BASE = f"{PREFIX}audit:base"  # hash: seq, hash of the last entry trimmed 
 # event (a page of "all events" merges their newest entries). Bounded by the event retention: the sweep
 # removes the entries of events whose record expired (IX_EXPIRY says which, without looking at the
 # others). Cost per stored event (docs/BENCHMARKS.md): one member in IX_IDS, one ix_type and one ix_state
-# zset (~3 x 70 B with a 30-character id), one in IX_EXPIRY once the record has a TTL, the audit entry's
+# zset (384 B for the three with a 30-character id), one in IX_EXPIRY once the record has a TTL, the audit entry's
 # id in the record, and a history field of ~90 B per worker transition (capped); ingest pays four or
 # five commands inside its script for them.
 CONSOLE_INDEX = f"{PREFIX}ix:"  # the prefix the scripts build the per-state and per-type names from
