@@ -22,14 +22,16 @@ class HandlerContext:
     event_id: str
     generation: int
     gateway: GatewayClient | None
-    # Stores a gateway x-request-id, with the call's idempotency key, in the event's processing state.
-    record_request_id: Callable[[str, str], Awaitable[None]]
+    # Stores a gateway x-request-id with the event's processing state (contract §7).
+    record_request_id: Callable[[str], Awaitable[None]]
     # A handler that saves progress durably (a committed batch) says so: an attempt that progressed and then
     # timed out or failed transiently does not count towards RUNINFRA_MAX_ATTEMPTS, so a corpus too large for
     # one attempt is finished over several instead of dead-lettered.
     note_progress: Callable[[], None] = lambda: None
     # The worker's shared script runner: concurrent jobs' scripts go to Redis in one round trip.
     scripts: Coalescer | None = None
+    # When set, used instead of record_request_id: also keeps the call's idempotency key (the console shows it).
+    record_gateway_call: Callable[[str, str], Awaitable[None]] | None = None
 
     def script(self, text: str) -> CoalescedScript:
         """A Lua script to ``await s(keys=[...], args=[...])``, run through the worker's coalescer."""
@@ -46,6 +48,8 @@ class HandlerContext:
             raise PermanentError("gateway_not_configured", "RUNINFRA_API_KEY is not set")
         key = self.key(step, part)
         response = await self.gateway.post(route, body, idempotency_key=key)
-        if response.request_id:
-            await self.record_request_id(response.request_id, key)
+        if response.request_id and self.record_gateway_call is not None:
+            await self.record_gateway_call(response.request_id, key)
+        elif response.request_id:
+            await self.record_request_id(response.request_id)
         return response

@@ -47,7 +47,10 @@ async def process_event(ctx: dict[str, Any], event_id: str, generation: int) -> 
         bound.warning("event.dead_lettered", reason="invalid_payload")
         return "dead_lettered"
 
-    async def record_request_id(request_id: str, idempotency_key: str) -> None:
+    async def record_request_id(request_id: str) -> None:
+        await records.add_request_id(event_id, request_id)
+
+    async def record_gateway_call(request_id: str, idempotency_key: str) -> None:
         await records.add_request_id(event_id, request_id, idempotency_key)
 
     progressed = False
@@ -58,7 +61,7 @@ async def process_event(ctx: dict[str, Any], event_id: str, generation: int) -> 
 
     hctx = HandlerContext(settings=settings, redis=deps.redis, event_id=event_id, generation=generation,
                           gateway=deps.gateway, record_request_id=record_request_id, note_progress=note_progress,
-                          scripts=records.scripts)
+                          scripts=records.scripts, record_gateway_call=record_gateway_call)
     try:
         # Our own deadline, shorter than arq's: arq treats its timeout as a final failure, we retry.
         async with asyncio.timeout(settings.job_timeout):

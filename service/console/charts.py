@@ -64,7 +64,8 @@ def deliveries_chart(per_minute: list[dict[str, Any]]) -> Chart:
             h = n / peak * plot_h
             y -= h
             bars.append(Bar(LEFT + i * slot + 1, y, max(slot - 2, 1), h, colour, f"{label} UTC: {n} {outcome}"))
-    y_labels = [(TOP + plot_h - f * plot_h, str(round(peak * f))) for f in (0, 0.5, 1)]
+    ticks = sorted({0, peak // 2, peak})
+    y_labels = [(TOP + plot_h - t / peak * plot_h, str(t)) for t in ticks]
     x_labels = [(LEFT + i * slot, time.strftime("%H:%M", time.gmtime(int(per_minute[i]["minute"]))))
                 for i in range(0, len(per_minute), 10)]
     legend = [(name, colour, totals[name]) for name, colour in OUTCOME_COLOURS.items()]

@@ -22,7 +22,7 @@ class FilterError(ValueError):
 
 def parse_time(name: str, value: str) -> int:
     """ISO 8601 (a naive time is UTC) or Unix seconds, to Unix milliseconds."""
-    text = value.strip()
+    text = value
     if re.fullmatch(r"\d{1,12}", text):
         return int(text) * 1000
     try:
@@ -42,7 +42,7 @@ def _text(params: Mapping[str, Any], name: str) -> str | None:
             msg = f"{name}: must be a string"
             raise FilterError(msg)
         return None
-    text = str(value).strip()
+    text = str(value)  # not stripped: " " is a bad value, only "" means "no filter" (as a form sends it)
     return text or None
 
 

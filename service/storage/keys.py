@@ -81,9 +81,9 @@ AUDIT_BASE = f"{PREFIX}audit:base"  # hash: seq, hash of the last entry trimmed 
 # event (a page of "all events" merges their newest entries). Bounded by the event retention: the sweep
 # removes the entries of events whose record expired (IX_EXPIRY says which, without looking at the
 # others). Cost per stored event (docs/BENCHMARKS.md): one member in IX_IDS, one ix_type and one ix_state
-# zset (384 B for the three with a 30-character id), one in IX_EXPIRY once the record has a TTL, the audit entry's
-# id in the record, and a history field of ~90 B per worker transition (capped); ingest pays four or
-# five commands inside its script for them.
+# zset (384 B for the three with a 30-character id), one in IX_EXPIRY once the record has a TTL, the
+# audit entry's id in the record, and a history field of ~90 B per worker transition (capped); ingest pays three
+# ZADDs inside its script for them (four when the record gets a TTL at once).
 CONSOLE_INDEX = f"{PREFIX}ix:"  # the prefix the scripts build the per-state and per-type names from
 IX_IDS = f"{PREFIX}ix:ids"  # zset event_id -> 0: ordered by id, for the id-prefix search (ZRANGE BYLEX)
 IX_TYPES = f"{PREFIX}ix:types"  # set of event types a worker has seen (the console's type filter); a few members
