@@ -330,10 +330,12 @@ def test_replay_api_dry_run_counts_and_replays_nothing(client: TestClient, redis
                   + [("deployment.ready", "dead_lettered", None)])
     body = {"type": "deployment.failed", "dry_run": True}
     assert client.post("/api/v1/replay", json=body, headers=BEARER).json() == {
-        "matched": 3, "replayed": 0, "dry_run": True}
+        "matched": 3, "count": 3, "replayed": 0, "dry_run": True}
+    nested = {"filter": {"state": "dead_lettered", "type": "deployment.failed"}, "dry_run": True}
+    assert client.post("/api/v1/replay", json=nested, headers=BEARER).json()["count"] == 3
     assert all(state_of(client, s.event_id) == "dead_lettered" for s in seeded)
     assert client.post("/api/v1/replay", json={**body, "dry_run": False}, headers=BEARER).json() == {
-        "matched": 3, "replayed": 3, "dry_run": False}
+        "matched": 3, "count": 3, "replayed": 3, "dry_run": False}
     assert [state_of(client, s.event_id) for s in seeded] == ["queued"] * 3 + ["dead_lettered"]
 
 

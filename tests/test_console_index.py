@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 
 from redis.asyncio import Redis
 from runinfra_webhooks.service.storage import keys
-from runinfra_webhooks.service.storage.event_index import HISTORY_MAX_BYTES, trim_expired
+from runinfra_webhooks.service.storage.event_index import HISTORY_MAX_BYTES, needs_rebuild, rebuild, trim_expired
 from runinfra_webhooks.service.storage.ingest import Delivery, Ingestor, IngestOutcome
 from runinfra_webhooks.service.storage.listing import Cursor, EventFilter, EventIndex
 from runinfra_webhooks.service.storage.records import Records
@@ -161,3 +161,20 @@ async def test_a_combined_filter_on_a_sparse_match_pages_on_with_a_cursor(redis:
             break
         cursor = Cursor.decode(page.next_cursor)
     assert found == ["evt_rare"]
+
+
+async def test_rebuild_indexes_records_written_before_the_indexes_existed(redis: Redis) -> None:
+    """Records with no index entries (older data) are found by needs_rebuild and listed after rebuild."""
+    now = _now()
+    for i, state in enumerate(("succeeded", "dead_lettered", "queued")):
+        await redis.hset(keys.event(f"evt_old{i}"), mapping={  # type: ignore[misc]
+            "id": f"evt_old{i}", "type": "deployment.ready", "state": state, "received_ms": now + i})
+    await redis.expire(keys.event("evt_old0"), 600)
+    assert await needs_rebuild(redis)
+    assert await rebuild(redis, now) == 3
+    assert await rebuild(redis, now) == 3  # again: the same entries, nothing doubled
+    assert not await needs_rebuild(redis)
+    index = EventIndex(redis)
+    assert [i["event_id"] for i in (await index.page(EventFilter())).items] == ["evt_old2", "evt_old1", "evt_old0"]
+    assert [i["event_id"] for i in (await index.page(EventFilter(state="dead_lettered"))).items] == ["evt_old1"]
+    assert await redis.zcard(keys.IX_EXPIRY) == 1

@@ -64,14 +64,14 @@ def serve(settings: Settings, host: str, port: int) -> int:
     return 0
 
 
-def console(settings: Settings, host: str, port: int) -> int:
+def console(settings: Settings, host: str, port: int, *, reindex: bool = False) -> int:
     import uvicorn
     from runinfra_webhooks.service.console.app import ConsoleNotConfigured, create_console_app
     from runinfra_webhooks.service.logs import configure_logging
 
     configure_logging(settings.log_level)
     try:
-        app = create_console_app(settings)
+        app = create_console_app(settings, reindex=reindex)
     except ConsoleNotConfigured as exc:
         _err(f"runinfra-webhooks: {exc}")
         return 2

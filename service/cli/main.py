@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     console = sub.add_parser("console", help="the operations console (web pages and JSON API) on its own port")
     console.add_argument("--host", default="127.0.0.1")
     console.add_argument("--port", type=int, default=8001)
+    console.add_argument("--reindex", action="store_true",
+                         help="index every stored record at start-up (automatic when no index exists yet)")
 
     stub = sub.add_parser("gateway-stub", help="the local OpenAI-compatible gateway emulator")
     stub.add_argument("--host", default="127.0.0.1")
@@ -129,7 +131,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "serve":
         return cli_ops.serve(_settings(need_secret=True), args.host, args.port)
     if args.command == "console":
-        return cli_ops.console(_settings(need_secret=False), args.host, args.port)
+        return cli_ops.console(_settings(need_secret=False), args.host, args.port, reindex=args.reindex)
     if args.command == "worker":
         return cli_ops.worker(_settings(need_secret=False), burst=args.burst)
     if args.command == "send":

@@ -85,6 +85,11 @@ def api_routes(console: Console) -> list[Route]:
             raise InvalidRequest("the body is not JSON", code="invalid_json") from None
         if not isinstance(body, dict):
             raise InvalidRequest("the body must be a JSON object", code="invalid_json")
+        if "filter" in body:  # {"filter": {...}, "dry_run": ...} reads the same
+            nested = body.pop("filter")
+            if not isinstance(nested, dict):
+                raise InvalidRequest("filter: a JSON object", code="invalid_filter")
+            body = {**nested, **body}
         for name in ("state", "type", "since", "until", "q"):
             if name in body and not isinstance(body[name], str):
                 raise InvalidRequest(f"{name}: must be a string", code="invalid_filter")

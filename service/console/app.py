@@ -3,6 +3,7 @@ receiver's). Pages and the JSON API read the same Redis as the receiver and the 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from importlib import resources
@@ -11,7 +12,7 @@ import structlog
 from redis.asyncio import Redis
 from runinfra_webhooks.service.console.access import SecurityHeadersMiddleware, Sessions
 from runinfra_webhooks.service.console.api import api_routes
-from runinfra_webhooks.service.console.context import Console
+from runinfra_webhooks.service.console.context import Console, now_ms
 from runinfra_webhooks.service.console.pages import page_routes
 from runinfra_webhooks.service.receiver.problems import (
     MethodNotAllowed,
@@ -23,6 +24,7 @@ from runinfra_webhooks.service.receiver.problems import (
 from runinfra_webhooks.service.receiver.request_id import RequestIdMiddleware, request_id_of
 from runinfra_webhooks.service.settings import Settings
 from runinfra_webhooks.service.storage.connection import STORAGE_ERRORS, connect
+from runinfra_webhooks.service.storage.event_index import needs_rebuild, rebuild
 from runinfra_webhooks.service.storage.listing import EventIndex
 from runinfra_webhooks.service.storage.records import Records
 from starlette.applications import Starlette
@@ -64,7 +66,9 @@ class _ConsoleApp(Starlette):
         return SecurityHeadersMiddleware(super().build_middleware_stack())
 
 
-def create_console_app(settings: Settings, *, redis: Redis | None = None) -> Starlette:
+def create_console_app(settings: Settings, *, redis: Redis | None = None, reindex: bool = False) -> Starlette:
+    """``reindex``: index every stored record at start-up; done anyway when records exist but no index does
+    (data written before the console's indexes)."""
     if settings.console_token is None:
         msg = "RUNINFRA_CONSOLE_TOKEN: required setting is not set (at least 32 characters)"
         raise ConsoleNotConfigured(msg)
@@ -77,9 +81,22 @@ def create_console_app(settings: Settings, *, redis: Redis | None = None) -> Sta
         token=settings.console_token.get_secret_value(),
     )
 
+    async def backfill() -> None:
+        try:
+            if reindex or await needs_rebuild(client):
+                log.info("console.reindex.started")
+                count = await rebuild(client, now_ms())
+                log.info("console.reindex.done", indexed=count)
+        except STORAGE_ERRORS as exc:
+            log.warning("console.reindex.failed", error=type(exc).__name__)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        task = asyncio.create_task(backfill())  # pages answer meanwhile, listing what is indexed so far
         yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
         if redis is None:
             await client.aclose()
 

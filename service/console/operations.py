@@ -48,7 +48,7 @@ async def replay_matching(records: Records, index: EventIndex, f: EventFilter, *
         for start in range(0, len(matched), _BATCH):
             done = await asyncio.gather(*(_replay_quietly(records, i) for i in matched[start:start + _BATCH]))
             replayed += sum(done)
-    return {"matched": len(matched), "replayed": replayed, "dry_run": dry_run}
+    return {"matched": len(matched), "count": len(matched), "replayed": replayed, "dry_run": dry_run}
 
 
 async def _is_dead(records: Records, event_id: str) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from redis.asyncio import Redis
 from runinfra_webhooks.service.storage import keys
 
-__all__ = ["HISTORY_MAX_BYTES", "INDEX_LUA", "STATES", "trim_expired"]
+__all__ = ["HISTORY_MAX_BYTES", "INDEX_LUA", "STATES", "needs_rebuild", "rebuild", "trim_expired"]
 
 STATES = ("queued", "processing", "retrying", "succeeded", "dead_lettered", "ignored")
 
@@ -96,3 +96,48 @@ async def trim_expired(redis: Redis, now_ms: int, *, limit: int = 1000, rounds: 
         if removed < limit:
             return total
     return total
+
+
+# KEYS: 1 index prefix. ARGV: 1 event key prefix, 2 now ms, 3.. event ids. Indexes records as they are now,
+# each in one atomic step, so a transition running meanwhile cannot leave a stale entry behind.
+_REINDEX = """
+local n = 0
+for i = 3, #ARGV do
+  local id = ARGV[i]
+  local ekey = ARGV[1] .. id
+  local r = redis.call('HMGET', ekey, 'state', 'type', 'received_ms')
+  if r[1] and r[2] and r[3] then
+    redis.call('ZADD', KEYS[1] .. 'ids', 0, id)
+    redis.call('ZADD', KEYS[1] .. 'type:' .. r[2], r[3], id)
+    redis.call('ZADD', KEYS[1] .. 'state:' .. r[1], r[3], id)
+    redis.call('SADD', KEYS[1] .. 'types', r[2])
+    local pttl = redis.call('PTTL', ekey)
+    if pttl > 0 then redis.call('ZADD', KEYS[1] .. 'expiry', tonumber(ARGV[2]) + pttl, id .. ' ' .. r[2]) end
+    n = n + 1
+  end
+end
+return n
+"""
+
+
+async def needs_rebuild(redis: Redis) -> bool:
+    """Records exist but the id index is empty: they were written before the console's indexes."""
+    if await redis.exists(keys.IX_IDS):
+        return False
+    _, found = await redis.scan(0, match=keys.event("*"), count=1000)
+    return bool(found)
+
+
+async def rebuild(redis: Redis, now_ms: int, *, batch: int = 500) -> int:
+    """Index every stored record (one SCAN over the records, for data written before the indexes existed);
+    returns how many were indexed. Safe to run again and while events arrive."""
+    script = redis.register_script(_REINDEX)
+    prefix = keys.event("")
+    total, cursor = 0, 0
+    while True:
+        cursor, names = await redis.scan(cursor, match=prefix + "*", count=batch)
+        ids = [n.decode("utf-8", "replace")[len(prefix):] for n in names]
+        if ids:
+            total += int(await script(keys=[keys.CONSOLE_INDEX], args=[prefix, now_ms, *ids]))
+        if cursor == 0:
+            return total
