@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from redis.asyncio import Redis
+from runinfra_webhooks.service.console.operations import verify_audit
 from runinfra_webhooks.service.storage import keys
 from runinfra_webhooks.service.storage.event_index import HISTORY_MAX_BYTES, needs_rebuild, rebuild, trim_expired
 from runinfra_webhooks.service.storage.ingest import Delivery, Ingestor, IngestOutcome
 from runinfra_webhooks.service.storage.listing import Cursor, EventFilter, EventIndex
 from runinfra_webhooks.service.storage.records import Records
+
+from tests.builders import SECRET, example_event, signed_delivery
 
 
 def _now() -> int:
@@ -178,3 +182,19 @@ async def test_rebuild_indexes_records_written_before_the_indexes_existed(redis:
     assert [i["event_id"] for i in (await index.page(EventFilter())).items] == ["evt_old2", "evt_old1", "evt_old0"]
     assert [i["event_id"] for i in (await index.page(EventFilter(state="dead_lettered"))).items] == ["evt_old1"]
     assert await redis.zcard(keys.IX_EXPIRY) == 1
+
+
+async def test_audit_verify_in_chunks_checks_the_chain_across_chunk_borders(redis: Redis) -> None:
+    """Verified 2 entries at a time, a 5-entry log is ok; with its third entry removed, the fourth fails."""
+    ingestor, _ = _stores(redis)
+    for i in range(5):
+        body, headers = signed_delivery(example_event(id=f"evt_v{i}"))
+        await ingestor.ingest(Delivery(IngestOutcome.QUEUED, f"evt_v{i}", "deployment.ready", 1,
+                                       headers["runinfra-signature"].encode(), body, "req", 0, _now()))
+    args: dict[str, Any] = {"secrets": (SECRET.encode(),), "tolerance": 300, "chunk": 2}
+    good = await verify_audit(redis, **args)
+    assert (good["ok"], good["checked"], good["head"]["seq"]) == (True, 5, 5)
+    third = (await redis.xrange(keys.AUDIT_STREAM, count=3))[2][0]
+    await redis.xdel(keys.AUDIT_STREAM, third)
+    bad = await verify_audit(redis, **args)
+    assert bad["ok"] is False and bad["problem"]["seq"] == 4 and bad["checked"] == 2

@@ -56,23 +56,44 @@ async def _is_dead(records: Records, event_id: str) -> bool:
     return record is not None and record.state == "dead_lettered"
 
 
-async def verify_audit(redis: Redis, *, secrets: tuple[bytes, ...], tolerance: int) -> dict[str, Any]:
-    """The checks of ``audit verify``: every entry's signature and the chain from its base to the head."""
+async def verify_audit(redis: Redis, *, secrets: tuple[bytes, ...], tolerance: int,
+                       chunk: int = 10_000) -> dict[str, Any]:
+    """The checks of ``audit verify``: every entry's signature and the chain from its base to the head.
+
+    In chunks, each one's base the previous one's last entry, checked in a thread: memory stays bounded
+    and the console keeps answering while a long log is verified.
+    """
     base_seq, base_hash = await audit_base(redis)
-    entries = [e async for e in iter_audit(redis)]
     head = await audit_head(redis)
-    checked, problem = verify_entries(entries, secrets=secrets, tolerance=tolerance, base_seq=base_seq,
-                                      base_hash=base_hash)
-    result: dict[str, Any] = {"ok": problem is None, "checked": checked, "head": {"seq": head[0], "hash": head[1]},
+    result: dict[str, Any] = {"ok": True, "checked": 0, "head": {"seq": head[0], "hash": head[1]},
                               "base": {"seq": base_seq, "hash": base_hash}, "problem": None}
-    if problem is not None:
-        result["problem"] = {"seq": problem.seq, "stream_id": problem.stream_id, "code": problem.code,
-                             "detail": problem.detail}
+    last: tuple[int, str] = (base_seq, base_hash)
+    last_id: str | None = None
+    entries: list[tuple[str, dict[bytes, bytes]]] = []
+
+    async def check() -> bool:
+        nonlocal last, last_id
+        checked, problem = await asyncio.to_thread(verify_entries, entries, secrets=secrets, tolerance=tolerance,
+                                                   base_seq=last[0], base_hash=last[1])
+        result["checked"] += checked
+        if problem is not None:
+            result["ok"] = False
+            result["problem"] = {"seq": problem.seq, "stream_id": problem.stream_id, "code": problem.code,
+                                 "detail": problem.detail}
+            return False
+        last = (int(entries[-1][1][b"seq"]), entries[-1][1][b"hash"].decode())
+        last_id = entries[-1][0]
+        entries.clear()
+        return True
+
+    async for entry in iter_audit(redis):
+        entries.append(entry)
+        if len(entries) >= chunk and not await check():
+            return result
+    if entries and not await check():
         return result
-    last = (int(entries[-1][1][b"seq"]), entries[-1][1][b"hash"].decode()) if entries else (base_seq, base_hash)
     if last != head:
         result["ok"] = False
-        result["problem"] = {"seq": last[0], "stream_id": entries[-1][0] if entries else None,
-                             "code": "head_mismatch",
+        result["problem"] = {"seq": last[0], "stream_id": last_id, "code": "head_mismatch",
                              "detail": "the newest entry is not the recorded head: entries were removed at the end"}
     return result
