@@ -111,8 +111,8 @@ def test_browser_signs_in_sees_the_chart_filters_by_state_and_type_and_opens_an_
               example_event("transcription.completed")]
     for e in events:
         deliver(stack, e)
-    for e in events:
-        wait_until(lambda e=e: state(stack, e["id"]) == "succeeded", timeout=WAIT_S, what=f"{e['id']} succeeded")
+    wait_until(lambda: all(state(stack, e["id"]) == "succeeded" for e in events), timeout=WAIT_S,
+               what="the three events to succeed")
     browser.refresh()
     bars = browser.find_elements(By.CSS_SELECTOR, "#deliveries-chart rect.bar")
     assert bars, "the chart draws this minute's deliveries"
