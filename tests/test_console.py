@@ -3,6 +3,7 @@ pages, the JSON API, paging by cursor, filters, replay (dry run and real) and wh
 
 from __future__ import annotations
 
+import asyncio
 import re
 import subprocess
 import sys
@@ -11,6 +12,8 @@ from pathlib import Path
 
 import pytest
 import redis as sync_redis
+from redis.asyncio import Redis
+from runinfra_webhooks.handlers.corpus import load_corpus
 from runinfra_webhooks.service.console.access import SECURITY_HEADERS
 from runinfra_webhooks.service.console.app import create_console_app
 from runinfra_webhooks.service.settings import Settings
@@ -389,3 +392,20 @@ def test_no_secret_api_key_or_console_token_in_any_answer(client: TestClient, re
     for body in bodies:
         for secret in (SECRET, OLD_SECRET, API_KEY, TOKEN):
             assert secret not in body
+
+
+def test_corpus_page_shows_each_collection_with_model_revision_and_documents(client: TestClient,
+                                                                            redis_url: str) -> None:
+    """A loaded collection is listed with its model, no revision yet, and its document count."""
+
+    async def load() -> None:
+        redis = Redis.from_url(redis_url)
+        lines = ['{"id": "d1", "text": "one"}', '{"id": "d2", "text": "two <b>x</b>"}']
+        await load_corpus(redis, lines, collection="kb-docs", model="bge-m3")
+        await redis.aclose()
+
+    asyncio.run(load())
+    login(client)
+    html = client.get("/corpus").text
+    row = html[html.index("kb-docs"):]
+    assert "bge-m3" in row[:300] and "none yet" in row[:300] and "<td>2</td>" in row[:300]

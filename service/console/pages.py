@@ -214,9 +214,13 @@ def page_routes(console: Console) -> list[Route]:
 async def _collections(console: Console) -> list[dict[str, Any]]:
     """Each corpus collection: its model, active revision, and the progress of any build under way."""
     redis = console.redis
-    names = sorted(n.decode() for n in await redis.smembers(keys.CORPORA))  # type: ignore[misc]
+    names = {n.decode() for n in await redis.smembers(keys.CORPORA)}  # type: ignore[misc]
+    # Collections loaded before that set existed are still found through their deployments' models.
+    for model in {d.get("model") for d in await list_deployments(redis)} - {None, ""}:
+        names |= {n.decode() for n in await redis.smembers(keys.corpora_by_model(str(model)))}  # type: ignore[misc]
+    names_sorted = sorted(names)
     rows = []
-    for name in names:
+    for name in names_sorted:
         meta = {k.decode(): v.decode() for k, v in (await redis.hgetall(keys.corpus_meta(name))).items()}  # type: ignore[misc]
         if not meta:
             continue
