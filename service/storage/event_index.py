@@ -39,12 +39,12 @@ end
 local function ix_move(prefix, id, from, to, received)
   if from ~= to then
     if from then redis.call('ZREM', prefix .. 'state:' .. from, id) end
-    redis.call('ZADD', prefix .. 'state:' .. to, received, id)
+    redis.call('ZADD', prefix .. 'state:' .. to, received or 0, id)
   end
 end
 
 local function ix_expires(prefix, id, event_type, now, ttl_s)
-  redis.call('ZADD', prefix .. 'expiry', tonumber(now) + tonumber(ttl_s) * 1000, id .. ' ' .. event_type)
+  redis.call('ZADD', prefix .. 'expiry', tonumber(now) + tonumber(ttl_s) * 1000, id .. ' ' .. (event_type or ''))
 end
 """
 

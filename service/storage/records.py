@@ -34,7 +34,7 @@ local ix = redis.call('HMGET', KEYS[1], 'received_ms', 'attempts', 'generation',
 ix_move(KEYS[3], ARGV[3], state, 'processing', ix[1])
 ix_history(KEYS[1], ARGV[2], 'processing', ix[2], ix[3], '')
 -- The types offered by the console's filter (here rather than at ingest, whose budget is tighter).
-redis.call('SADD', KEYS[3] .. 'types', ix[4])
+if ix[4] then redis.call('SADD', KEYS[3] .. 'types', ix[4]) end
 -- The record comes back with the transition: the job needs it next, and this saves a round trip.
 return redis.call('HGETALL', KEYS[1])
 """
