@@ -309,7 +309,7 @@ def ingest_once(kind: str, rd: RedisProc, out: Path, tag: str, *, connections: i
         res.update(proc_status(proc.pid))
         res["server_cpu_s"] = cpu1 - cpu0
         res["cpu_us_per_req"] = (cpu1 - cpu0) / max(res["requests"], 1) * 1e6
-        if kind in ("receiver", "variant:full", "variant:full-edge"):
+        if kind in ("receiver", "variant:full", "variant:full-edge", "variant:no-index"):
             stats = rd.commandstats()
             ev = stats.get("evalsha", {})
             res["redis_evalsha_calls"] = int(ev.get("calls", 0))

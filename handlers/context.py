@@ -51,6 +51,8 @@ class HandlerContext:
     note_progress: Callable[[], None] = lambda: None
     # The worker's shared script runner: concurrent jobs' scripts go to Redis in one round trip.
     scripts: Coalescer | None = None
+    # When set, used instead of record_request_id: also keeps the call's idempotency key (the console shows it).
+    record_gateway_call: Callable[[str, str], Awaitable[None]] | None = None
 
     def require_settings(self) -> WorkerSettings:
         """The service's settings (always set in a worker; a handler's own test may leave them out)."""
@@ -86,7 +88,10 @@ class HandlerContext:
         """
         if self.gateway is None:
             raise PermanentError("gateway_not_configured", "RUNINFRA_API_KEY is not set")
-        response = await self.gateway.post(route, json, idempotency_key=self.idempotency_key(step, part))
-        if response.request_id:
+        key = self.idempotency_key(step, part)
+        response = await self.gateway.post(route, json, idempotency_key=key)
+        if response.request_id and self.record_gateway_call is not None:
+            await self.record_gateway_call(response.request_id, key)
+        elif response.request_id:
             await self.record_request_id(response.request_id)
         return response

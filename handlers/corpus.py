@@ -206,6 +206,7 @@ async def load_corpus(redis: Redis, lines: Iterable[str], *, collection: str, mo
             pipe.srem(keys.corpora_by_model(old_model), collection)
             pipe.hdel(meta_key, "created")
         pipe.sadd(keys.corpora_by_model(model), collection)
+        pipe.sadd(keys.CORPORA, collection)  # the console lists collections from it
         if old_revision is not None:
             pipe.delete(keys.corpus_vectors(collection, old_revision))
         for rev in builds:

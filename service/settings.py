@@ -16,7 +16,15 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from runinfra_webhooks.service.core.route_limits import parse_concurrency, parse_rate_limits
 from runinfra_webhooks.service.storage.redis_url import parse_redis_url
 
-__all__ = ["ConfigError", "ReceiverSettings", "Settings", "StoreSettings", "WorkerSettings", "load_settings"]
+__all__ = [
+    "ConfigError",
+    "ConsoleSettings",
+    "ReceiverSettings",
+    "Settings",
+    "StoreSettings",
+    "WorkerSettings",
+    "load_settings",
+]
 
 _MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 
@@ -175,7 +183,23 @@ class WorkerSettings(StoreSettings):
         return self
 
 
-class Settings(ReceiverSettings, WorkerSettings):
+class ConsoleSettings(ReceiverSettings):
+    """The console's: its access token (required by `console` only; it exits 2 without it), and the webhook
+    secrets, with which its audit verification re-checks every stored signature and entry MAC."""
+
+    console_token: SecretStr | None = Field(None, alias="RUNINFRA_CONSOLE_TOKEN")
+    console_session_ttl: int = Field(43_200, alias="RUNINFRA_CONSOLE_SESSION_TTL", gt=0)
+
+    @field_validator("console_token")
+    @classmethod
+    def _console_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 32:
+            msg = "at least 32 characters"  # never the length or any part of the value
+            raise ValueError(msg)
+        return value
+
+
+class Settings(ConsoleSettings, WorkerSettings):
     """Everything at once, for what runs both sides in one process (tests, benchmarks)."""
 
 

@@ -105,17 +105,17 @@ def _plain_env(tmp_path: Path) -> dict[str, str]:
 @contextlib.contextmanager
 def _dev(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], dict[str, Any], Path]]:
     """`dev` started in tmp_path, once it has written its session file: (process, session, log)."""
-    port, stub_port = free_port(), free_port()
+    port, stub_port, console_port = free_port(), free_port(), free_port()
     log = tmp_path / "dev.log"
     session_file = tmp_path / ".runinfra-dev" / "dev.json"
     with log.open("w") as out:
         dev = subprocess.Popen([sys.executable, "-m", "runinfra_webhooks", "dev", "--port", str(port), "--stub-port",
-                                str(stub_port)], env=_plain_env(tmp_path), cwd=tmp_path, stdout=out,
-                               stderr=subprocess.STDOUT)
+                                str(stub_port), "--console-port", str(console_port)], env=_plain_env(tmp_path),
+                               cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
     try:
         wait_until(lambda: session_file.exists() or dev.poll() is not None, timeout=60, what="dev to start")
         assert dev.poll() is None, log.read_text()
-        yield dev, json.loads(session_file.read_text()), log
+        yield dev, {**json.loads(session_file.read_text()), "console_port": console_port}, log
     finally:
         if dev.poll() is None:
             dev.send_signal(signal.SIGINT)
@@ -134,6 +134,12 @@ def test_dev_runs_the_whole_loop_and_a_second_terminal_needs_nothing_exported(tm
     """Beside a running `dev`, `send`, `events show` and `audit verify` work in its directory with nothing set."""
     with _dev(tmp_path) as (dev, session, log):
         second = _plain_env(tmp_path)
+        login = f"http://127.0.0.1:{session['console_port']}/login#token="
+        assert login in log.read_text()
+        token = log.read_text().split(login)[1].split()[0]
+        assert len(token) >= 32
+        assert httpx.get(f"http://127.0.0.1:{session['console_port']}/api/v1/stats",
+                         headers={"Authorization": f"Bearer {token}"}).status_code == 200
 
         def run(*args: str) -> subprocess.CompletedProcess[str]:
             return subprocess.run([sys.executable, "-m", "runinfra_webhooks", *args], env=second, cwd=tmp_path,
@@ -166,10 +172,10 @@ def test_dev_runs_the_whole_loop_and_a_second_terminal_needs_nothing_exported(tm
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_dev_stops_everything_it_started_on_a_signal(tmp_path: Path, signum: signal.Signals) -> None:
-    """SIGINT, SIGTERM or SIGHUP to `dev` ends its Redis, emulator, worker and receiver, and frees its ports."""
+    """SIGINT, SIGTERM or SIGHUP to `dev` ends its Redis, emulator, worker, receiver and console, freeing ports."""
     with _dev(tmp_path) as (dev, session, _):
         children = session["children"]
-        assert set(children) == {"redis", "gateway-stub", "worker", "receiver"}
+        assert set(children) == {"redis", "gateway-stub", "worker", "receiver", "console"}
         dev.send_signal(signum)
         dev.wait(60)
     wait_until(lambda: all(_gone(pid) for pid in children.values()), timeout=10, what="dev's children to exit")

@@ -24,7 +24,10 @@ ALLOWED: dict[str, set[str]] = {
                 "service.tracing"},
     "service.receiver": {"handlers", "service.core", "service.storage", "service.settings", "service.tracing"},
     "service.devtools": {"service.core", "service.storage", "service.tracing"},
-    "service.cli": {"handlers", "workers", "service.receiver", "service.devtools", "service.core",
+    # The console shares the receiver's problem documents and request ids, and reads what handlers store.
+    "service.console": {"handlers", "service.receiver", "service.core", "service.storage", "service.settings",
+                        "service.tracing"},
+    "service.cli": {"handlers", "workers", "service.receiver", "service.console", "service.devtools", "service.core",
                     "service.storage", "service.gateway", "service.settings", "service.logs", "service.gc_tuning",
                     "service.tracing"},
 }

@@ -1,4 +1,4 @@
-"""openapi.yaml: a valid OpenAPI 3.1 document describing exactly the receiver routes of the contract."""
+"""openapi.yaml: a valid OpenAPI 3.1 document describing exactly the receiver's routes and the console's API."""
 
 from __future__ import annotations
 
@@ -22,6 +22,13 @@ EXPECTED_OPERATIONS = {
     ("/healthz", "get"),
     ("/readyz", "get"),
     ("/metrics", "get"),
+    ("/api/v1/events", "get"),
+    ("/api/v1/events/{event_id}", "get"),
+    ("/api/v1/events/{event_id}/replay", "post"),
+    ("/api/v1/replay", "post"),
+    ("/api/v1/stats", "get"),
+    ("/api/v1/deployments", "get"),
+    ("/api/v1/audit/verify", "post"),
 }
 REQUIRED_CODES = {
     "missing_signature",
@@ -79,7 +86,7 @@ def test_spec_validates_as_openapi_3_1() -> None:
 
 
 def test_spec_lists_exactly_the_contract_routes() -> None:
-    """Only POST /webhooks/runinfra and GET /healthz, /readyz, /metrics are described."""
+    """The receiver's four routes and the console's seven API routes, nothing else."""
     assert set(operations()) == EXPECTED_OPERATIONS
 
 
@@ -185,3 +192,14 @@ def test_readyz_documents_persistence_and_unavailable() -> None:
     }
     assert schema_errors(down, problem) == []
     assert schema_errors(down, {**problem, "code": "not_found"}) != []
+
+
+
+def test_console_routes_require_the_bearer_token_and_document_401() -> None:
+    """Every /api/ operation names the consoleToken scheme and documents a 401 unauthorized problem."""
+    assert SPEC["components"]["securitySchemes"]["consoleToken"]["scheme"] == "bearer"
+    for (path, _), op in operations().items():
+        if path.startswith("/api/"):
+            assert op["security"] == [{"consoleToken": []}], path
+            assert problem_codes(op["responses"]["401"]["content"]["application/problem+json"]["schema"]) == {
+                "unauthorized"}, path

@@ -46,7 +46,8 @@ def _describe(exc: BaseException) -> str:
 # A Lua runtime error names the script only by its SHA-1: the scripts a job runs, by name.
 SCRIPT_NAMES = script_names({
     "records.start": records.START_SCRIPT, "records.finish": records.FINISH_SCRIPT,
-    "records.add_request_id": records.ADD_REQUEST_ID_SCRIPT, "deployments.apply": deployments.APPLY_SCRIPT,
+    "records.add_request_id": records.ADD_REQUEST_ID_SCRIPT, "records.handler_done": records.HANDLER_DONE_SCRIPT,
+    "deployments.apply": deployments.APPLY_SCRIPT,
 })
 
 

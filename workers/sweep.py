@@ -5,7 +5,8 @@ several workers sweeping at once is harmless):
 
 * an in-flight event whose arq job vanished (expired, evicted, lost) is re-queued under the same
   generation, or dead-lettered as ``lost`` once it is older than RUNINFRA_LOST_DEADLINE;
-* dead-letter index entries whose record has expired are pruned;
+* dead-letter index entries whose record has expired are pruned, and so are the console's index entries
+  of expired records;
 * audit entries older than RUNINFRA_AUDIT_RETENTION are trimmed, the chain's base moving with them.
 """
 
@@ -16,6 +17,7 @@ import time
 import structlog
 from runinfra_webhooks.service.storage import keys
 from runinfra_webhooks.service.storage.audit_store import trim_audit
+from runinfra_webhooks.service.storage.event_index import trim_expired
 from runinfra_webhooks.workers.deps import WorkerDeps
 
 __all__ = ["sweep_once"]
@@ -44,9 +46,11 @@ async def sweep_once(deps: WorkerDeps) -> dict[str, int]:
         elif await records.requeue_if_lost(event_id, record.generation, now_ms):
             requeued += 1
     pruned = await redis.zremrangebyscore(keys.DEAD_LETTERS, "-inf", now_ms - s.dead_letter_retention * 1000)
+    expired = await trim_expired(redis, now_ms)
     trimmed = await trim_audit(redis, older_than_ms=now_ms - s.audit_retention * 1000,
                                archive_dir=s.artifacts_dir / "audit-archive")
-    result = {"requeued": requeued, "lost": lost, "dead_letters_pruned": int(pruned), "audit_trimmed": trimmed}
-    if requeued or lost or pruned or trimmed:
+    result = {"requeued": requeued, "lost": lost, "dead_letters_pruned": int(pruned), "audit_trimmed": trimmed,
+              "index_expired": expired}
+    if requeued or lost or pruned or trimmed or expired:
         log.info("sweep.done", **result)
     return result

@@ -20,7 +20,7 @@ from runinfra_webhooks.service.core.audit import verify_entries
 from runinfra_webhooks.service.core.audit_file import AuditFileError, ExportTrailer, parse_lines
 from runinfra_webhooks.service.core.signature import sign
 from runinfra_webhooks.service.gc_tuning import settle_after_startup
-from runinfra_webhooks.service.settings import ReceiverSettings, StoreSettings, WorkerSettings
+from runinfra_webhooks.service.settings import ConsoleSettings, ReceiverSettings, StoreSettings, WorkerSettings
 from runinfra_webhooks.service.storage.audit_store import (
     CorruptPointer,
     audit_base,
@@ -35,7 +35,7 @@ from runinfra_webhooks.service.storage.records import EventRecord, Records, Repl
 from runinfra_webhooks.service.tracing import Tracing, setup_tracing
 
 __all__ = [
-    "audit_export", "audit_verify", "corpus_export", "corpus_load", "dead_letter_list", "deployments",
+    "audit_export", "audit_verify", "console", "corpus_export", "corpus_load", "dead_letter_list", "deployments",
     "events_show", "list_handlers", "pause", "replay", "resume", "send", "serve", "worker",
 ]
 
@@ -80,6 +80,25 @@ def serve(settings: ReceiverSettings, registry: Registry, host: str, port: int) 
     # Every delivery is logged once by the receiver with its outcome; uvicorn's access log would repeat it.
     uvicorn.run(app, host=host, port=port, access_log=False, log_config=None, timeout_graceful_shutdown=10,
                 http=protocol)
+    return 0
+
+
+def console(settings: ConsoleSettings, host: str, port: int, *, reindex: bool = False) -> int:
+    import uvicorn
+    from runinfra_webhooks.service.console.app import ConsoleNotConfigured, create_console_app
+    from runinfra_webhooks.service.logs import configure_logging
+
+    tracing = setup_tracing("console", os.environ)
+    configure_logging(settings.log_level, extra_processors=tracing.log_processors())
+    _log_tracing(tracing)
+    try:
+        app = create_console_app(settings, reindex=reindex, tracing=tracing)
+    except ConsoleNotConfigured as exc:
+        _err(f"runinfra-webhooks: {exc}")
+        return 2
+    # uvicorn's access log would print request lines only; they hold no token (it travels in headers,
+    # form bodies and the URL fragment), but pages are not worth a line each.
+    uvicorn.run(app, host=host, port=port, access_log=False, log_config=None, timeout_graceful_shutdown=5)
     return 0
 
 

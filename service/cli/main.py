@@ -16,6 +16,7 @@ from typing import Any
 from runinfra_webhooks.handlers.registry import HandlerLoadError, Registry, load_registry
 from runinfra_webhooks.service.settings import (
     ConfigError,
+    ConsoleSettings,
     ReceiverSettings,
     StoreSettings,
     WorkerSettings,
@@ -48,7 +49,14 @@ def build_parser() -> argparse.ArgumentParser:
     dev = sub.add_parser("dev", help="receiver + worker + gateway emulator (+ its own Redis) in one command")
     dev.add_argument("--port", type=int, default=8000)
     dev.add_argument("--stub-port", type=int, default=8090)
+    dev.add_argument("--console-port", type=int, default=8001)
     dev.add_argument("--redis-url", default=None, help="use this Redis instead of starting one")
+
+    console = sub.add_parser("console", help="the operations console (web pages and JSON API) on its own port")
+    console.add_argument("--host", default="127.0.0.1")
+    console.add_argument("--port", type=int, default=8001)
+    console.add_argument("--reindex", action="store_true",
+                         help="index every stored record at start-up (automatic when no index exists yet)")
 
     stub = sub.add_parser("gateway-stub", help="the local OpenAI-compatible gateway emulator")
     stub.add_argument("--host", default="127.0.0.1")
@@ -155,10 +163,13 @@ def _dispatch(args: argparse.Namespace) -> int:
                  latency=args.latency)
         return 0
     if args.command == "dev":
-        return dev.run_dev(port=args.port, stub_port=args.stub_port, redis_url=args.redis_url)
+        return dev.run_dev(port=args.port, stub_port=args.stub_port, redis_url=args.redis_url,
+                           console_port=args.console_port)
     if args.command == "serve":
         receiver = load_settings(ReceiverSettings)
         return commands.serve(receiver, _registry(receiver), args.host, args.port)
+    if args.command == "console":
+        return commands.console(load_settings(ConsoleSettings), args.host, args.port, reindex=args.reindex)
     if args.command == "worker":
         worker = load_settings(WorkerSettings)
         return commands.worker(worker, _registry(worker), burst=args.burst, metrics_port=args.metrics_port,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -55,7 +56,8 @@ def _stop(signum: int, frame: FrameType | None) -> None:
     raise _Stop(signal.Signals(signum).name)
 
 
-def run_dev(*, port: int, stub_port: int, redis_url: str | None, workdir: Path = Path(".runinfra-dev")) -> int:
+def run_dev(*, port: int, stub_port: int, redis_url: str | None, workdir: Path = Path(".runinfra-dev"),
+            console_port: int = 8001) -> int:
     procs: list[tuple[str, subprocess.Popen[bytes]]] = []
     me = [sys.executable, "-m", "runinfra_webhooks"]
     env = dict(os.environ)
@@ -94,6 +96,12 @@ def run_dev(*, port: int, stub_port: int, redis_url: str | None, workdir: Path =
                                     start_new_session=True)
         procs.append(("receiver", receiver))
         _wait_port(port, receiver, "receiver")
+        # The console, with a token made for this run unless the environment brings its own.
+        console_token = env.get("RUNINFRA_CONSOLE_TOKEN") or secrets.token_urlsafe(32)
+        console = subprocess.Popen([*me, "console", "--port", str(console_port)],
+                                   env={**env, "RUNINFRA_CONSOLE_TOKEN": console_token}, start_new_session=True)
+        procs.append(("console", console))
+        _wait_port(console_port, console, "console")
 
         url = f"http://127.0.0.1:{port}/webhooks/runinfra"
         own_secret = not os.environ.get("RUNINFRA_WEBHOOK_SECRET")
@@ -103,6 +111,11 @@ def run_dev(*, port: int, stub_port: int, redis_url: str | None, workdir: Path =
         ), workdir)
         print(f"runinfra-webhooks dev: receiver {url}, gateway emulator http://127.0.0.1:{stub_port}/v1, "
               f"Redis {redis_url}", file=sys.stderr)
+        # The token rides in the URL fragment, which the browser never sends: it reaches no server log.
+        login = f"http://127.0.0.1:{console_port}/login"
+        if not os.environ.get("RUNINFRA_CONSOLE_TOKEN"):
+            login += f"#token={console_token}"
+        print(f"console: {login}", file=sys.stderr)
         print("send a first event from another terminal in this directory (it finds this dev by "
               f"{workdir / 'dev.json'}):  runinfra-webhooks send transcription.completed", file=sys.stderr,
               flush=True)

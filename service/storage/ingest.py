@@ -77,7 +77,7 @@ class Ingestor:
         self._body_ttl_ms = 2 * audit_retention * 1000
 
     def _args(self, d: Delivery) -> tuple[Any, ...]:
-        """KEYS 1-9 then ARGV 1-23 of the script (see ingest.lua)."""
+        """KEYS 1-10 then ARGV 1-23 of the script (see ingest.lua)."""
         job_id = keys.job_id(d.event_id, 0)
         delivery_id = d.delivery_id or new_id()
         body_hash = body_sha256(d.body)
@@ -92,7 +92,7 @@ class Ingestor:
         body_ttl = self._body_ttl_ms if len(d.body) >= REFERENCE_BODIES_FROM else 0
         return (
             keys.dedup(d.event_id), keys.event(d.event_id), keys.ARQ_JOB + job_id, *self._const_keys,
-            keys.audit_body(body_hex),
+            keys.audit_body(body_hex), keys.CONSOLE_INDEX,
             d.wanted.value, d.event_id, self._dedup_ttl, d.received_ms, job_id,
             arq_job.payload(d.event_id, 0, d.received_ms), *self._expiry_and_retention, d.type, d.created,
             d.request_id, d.secret_index, d.header, d.body, digest, d.reason,
@@ -102,5 +102,5 @@ class Ingestor:
 
     async def ingest(self, d: Delivery) -> IngestOutcome:
         """Run the ingest script for ``d``; raises what redis-py raises when Redis fails (STORAGE_ERRORS)."""
-        reply = await self._coalescer.run(self._script, 9, self._args(d))
+        reply = await self._coalescer.run(self._script, 10, self._args(d))
         return _OUTCOMES[reply] if isinstance(reply, bytes) else IngestOutcome(reply)

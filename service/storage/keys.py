@@ -27,10 +27,15 @@ __all__ = [
     "AUDIT_BASE",
     "AUDIT_HEAD",
     "AUDIT_STREAM",
+    "CONSOLE_INDEX",
+    "CORPORA",
     "DEAD_LETTERS",
     "DEPLOYMENTS",
     "FLOW_ROUTES",
     "INFLIGHT",
+    "IX_EXPIRY",
+    "IX_IDS",
+    "IX_TYPES",
     "PARKED",
     "PAUSED_ALL",
     "PAUSED_TYPES",
@@ -40,6 +45,7 @@ __all__ = [
     "alert_dead_seen",
     "alert_gate",
     "audit_body",
+    "console_session",
     "corpora_by_model",
     "corpus_docs",
     "corpus_ids",
@@ -55,6 +61,8 @@ __all__ = [
     "flow_leases",
     "flow_rate",
     "followup_reply",
+    "ix_state",
+    "ix_type",
     "job_id",
 ]
 
@@ -90,9 +98,45 @@ def audit_body(sha256_hex: str) -> str:
 
 
 READY_PROBE = f"{PREFIX}ready-probe"  # string: ms of the last /readyz write probe. PX = 60 s
+# --- console indexes ------------------------------------------------------------------------------
+# Written by the same atomic scripts that change an event's state (ingest.lua, records.py), so listing by
+# time, state and type never scans. The per-state sets together are the time index of every retained
+# event (a page of "all events" merges their newest entries). Bounded by the event retention: the sweep
+# removes the entries of events whose record expired (IX_EXPIRY says which, without looking at the
+# others). Cost per stored event (docs/BENCHMARKS.md): one member in IX_IDS, one ix_type and one ix_state
+# zset (384 B for the three with a 30-character id), one in IX_EXPIRY once the record has a TTL, the
+# audit entry's id in the record, and a history field of ~90 B per worker transition (capped); ingest pays three
+# ZADDs inside its script for them (four when the record gets a TTL at once).
+CONSOLE_INDEX = f"{PREFIX}ix:"  # the prefix the scripts build the per-state and per-type names from
+IX_IDS = f"{PREFIX}ix:ids"  # zset event_id -> 0: ordered by id, for the id-prefix search (ZRANGE BYLEX)
+IX_TYPES = f"{PREFIX}ix:types"  # set of event types a worker has seen (the console's type filter); a few members
+# zset "<event_id> <type>" -> ms when the record expires; only records that have a TTL (succeeded, ignored,
+# dead-lettered). The type is in the member because the record (and its type) is gone when the sweep
+# needs it to find the per-type entry.
+IX_EXPIRY = f"{PREFIX}ix:expiry"
+
+
+def ix_state(state: str) -> str:
+    """Zset event_id -> ms received, of the events now in ``state``. Moved by every state transition."""
+    return f"{CONSOLE_INDEX}state:{state}"
+
+
+def ix_type(event_type: str) -> str:
+    """Zset event_id -> ms received, of the events of one type."""
+    return f"{CONSOLE_INDEX}type:{event_type}"
+
+
+def console_session(session_hash: str) -> str:
+    """Hash: one console session (its CSRF token, created ms), under the SHA-256 of the cookie value.
+
+    EX = RUNINFRA_CONSOLE_SESSION_TTL; deleted by POST /logout.
+    """
+    return f"{PREFIX}console:session:{session_hash}"
+
 
 # --- reactions -----------------------------------------------------------------------------------
 DEPLOYMENTS = f"{PREFIX}deployments"  # set of deployment ids
+CORPORA = f"{PREFIX}corpora"  # set of corpus collection names (the console lists them)
 
 
 def deployment(deployment_id: str) -> str:

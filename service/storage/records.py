@@ -15,9 +15,11 @@ from redis.asyncio import Redis
 from runinfra_webhooks.service.core.trace_context import new_traceparent, trace_id_of
 from runinfra_webhooks.service.storage import arq_job, keys
 from runinfra_webhooks.service.storage.coalesce import Coalescer
+from runinfra_webhooks.service.storage.event_index import INDEX_LUA
 
 __all__ = [
-    "ADD_REQUEST_ID_SCRIPT", "FINISH_SCRIPT", "START_SCRIPT", "EventRecord", "Records", "ReplayRefused",
+    "ADD_REQUEST_ID_SCRIPT", "FINISH_SCRIPT", "HANDLER_DONE_SCRIPT", "START_SCRIPT", "EventRecord", "Records",
+    "ReplayRefused",
 ]
 
 IN_FLIGHT = ("queued", "processing", "retrying")
@@ -34,10 +36,12 @@ local function fail(what) return redis.error_reply('ERR ' .. SCRIPT .. ': ' .. w
 """
 
 
-def _script(name: str, body: str) -> str:
-    return f"local SCRIPT = '{name}'\n{_CHECKS}{body}"
+def _script(name: str, body: str, *, indexes: bool = False) -> str:
+    """A script with its checks, and with the console's index helpers when it changes an event's state."""
+    return f"local SCRIPT = '{name}'\n{_CHECKS}{INDEX_LUA if indexes else ''}{body}"
 
 
+# KEYS: event, inflight, paused types, parked, console index prefix. ARGV: generation, now, event id
 _START = _script("records.start", """
 if not digits(ARGV[2]) then return fail('now is not a decimal integer') end
 local state = redis.call('HGET', KEYS[1], 'state')
@@ -46,7 +50,8 @@ if redis.call('HGET', KEYS[1], 'generation') ~= ARGV[1] then return -2 end
 if state ~= 'queued' and state ~= 'processing' and state ~= 'retrying' then return -3 end
 local attempts = redis.call('HGET', KEYS[1], 'attempts') or '0'
 if not counter(attempts) then return fail('stored attempts is not a decimal integer') end
-local event_type = redis.call('HGET', KEYS[1], 'type') or ''
+local ix = redis.call('HMGET', KEYS[1], 'type', 'received_ms', 'generation')
+local event_type = ix[1] or ''
 local paused = redis.call('SISMEMBER', KEYS[3], event_type) == 1 or redis.call('SISMEMBER', KEYS[3], '*') == 1
 -- writes
 if paused then
@@ -55,14 +60,22 @@ if paused then
   redis.call('HSET', KEYS[1], 'state', 'queued', 'updated_ms', ARGV[2])
   redis.call('ZREM', KEYS[2], ARGV[3])
   redis.call('ZADD', KEYS[4], ARGV[2], ARGV[3])
+  ix_move(KEYS[5], ARGV[3], state, 'queued', ix[2])
   return -4
 end
-redis.call('HSET', KEYS[1], 'state', 'processing', 'updated_ms', ARGV[2], 'attempts', tostring(tonumber(attempts) + 1))
+local attempt = tostring(tonumber(attempts) + 1)
+redis.call('HSET', KEYS[1], 'state', 'processing', 'updated_ms', ARGV[2], 'attempts', attempt)
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
+-- Console indexes (event_index.py)
+ix_move(KEYS[5], ARGV[3], state, 'processing', ix[2])
+ix_history(KEYS[1], ARGV[2], 'processing', attempt, ix[3], '')
+-- The types offered by the console's filter (here rather than at ingest, whose budget is tighter).
+if event_type ~= '' then redis.call('SADD', KEYS[5] .. 'types', event_type) end
 -- The record comes back with the transition: the job needs it next, and this saves a round trip.
 return redis.call('HGETALL', KEYS[1])
-""")
+""", indexes=True)
 
+# KEYS: event, inflight, dead, console index prefix.
 # ARGV: generation, now, event id, new state, last error, reason, ttl (0 = none), only while in flight (1/0),
 #       attempts: 1 = reset to 0, 2 = give this attempt back (it waited on flow control), 0 = keep
 _FINISH = _script("records.finish", """
@@ -75,7 +88,9 @@ if ARGV[8] == '1' then
   local state = redis.call('HGET', KEYS[1], 'state')
   if state ~= 'queued' and state ~= 'processing' and state ~= 'retrying' then return 0 end
 end
-local attempts = redis.call('HGET', KEYS[1], 'attempts') or '0'
+-- The state this transition leaves, for the console's indexes.
+local ix = redis.call('HMGET', KEYS[1], 'state', 'received_ms', 'attempts', 'type')
+local attempts = ix[3] or '0'
 if ARGV[9] == '2' and not counter(attempts) then return fail('stored attempts is not a decimal integer') end
 -- writes
 redis.call('HSET', KEYS[1], 'state', target, 'updated_ms', ARGV[2], 'last_error', ARGV[5], 'reason', ARGV[6])
@@ -91,9 +106,14 @@ if ARGV[9] == '1' then
 elseif ARGV[9] == '2' and tonumber(attempts) > 0 then
   redis.call('HSET', KEYS[1], 'attempts', tostring(tonumber(attempts) - 1))
 end
+-- Console indexes (event_index.py)
+ix_move(KEYS[4], ARGV[3], ix[1], target, ix[2])
+ix_history(KEYS[1], ARGV[2], target, attempts, ARGV[1], ARGV[5])
+if ARGV[7] ~= '0' then ix_expires(KEYS[4], ARGV[3], ix[4], ARGV[2], ARGV[7]) end
 return 1
-""")
+""", indexes=True)
 
+# ARGV: gateway request id, its idempotency key ('' when not known)
 _ADD_REQUEST_ID = _script("records.add_request_id", """
 local ok, ids = pcall(cjson.decode, redis.call('HGET', KEYS[1], 'gateway_request_ids') or '[]')
 if not ok or type(ids) ~= 'table' then return fail('stored gateway_request_ids is not a JSON list') end
@@ -102,8 +122,18 @@ for _, v in ipairs(ids) do
 end
 if #ids < 200 then table.insert(ids, ARGV[1]) end
 local encoded = cjson.encode(ids)
+-- The console shows each call with its key and the attempt it belongs to; kept across replays, capped.
+local at = redis.call('HMGET', KEYS[1], 'generation', 'attempts')
+local call = cjson.encode({request_id = ARGV[1], idempotency_key = ARGV[2] or '',
+  generation = tonumber(at[1] or '0') or 0, attempt = tonumber(at[2] or '0') or 0})
+local calls = redis.call('HGET', KEYS[1], 'gateway_calls')
+if not calls then
+  calls = call
+elseif #calls < 16384 then
+  calls = calls .. '\\n' .. call
+end
 -- writes
-redis.call('HSET', KEYS[1], 'gateway_request_ids', encoded)
+redis.call('HSET', KEYS[1], 'gateway_request_ids', encoded, 'gateway_calls', calls)
 return #ids
 """)
 
@@ -119,8 +149,8 @@ redis.call('HSET', KEYS[1], 'handlers_done', text)
 return 1
 """)
 
-# KEYS: event, inflight, dead, arq queue, arq job prefix. ARGV: event id, now, job expiry ms, job text before
-# and after the generation (arq_job.py, the one owner of arq's format), replay traceparent
+# KEYS: event, inflight, dead, arq queue, arq job prefix, console index prefix. ARGV: event id, now, job expiry
+# ms, job text before and after the generation (arq_job.py, the one owner of arq's format), replay traceparent
 _REPLAY = _script("records.replay", """
 if not digits(ARGV[2]) then return fail('now is not a decimal integer') end
 if not digits(ARGV[3]) or ARGV[3] == '0' then return fail('job expiry is not a positive integer') end
@@ -131,6 +161,7 @@ if not counter(stored) then return fail('stored generation is not a decimal inte
 local gen = tostring(tonumber(stored) + 1)
 local job_id = ARGV[1] .. '@' .. gen
 local job = ARGV[4] .. gen .. ARGV[5]
+local ix = redis.call('HMGET', KEYS[1], 'received_ms', 'type')
 -- writes
 redis.call('HSET', KEYS[1], 'generation', gen, 'state', 'queued', 'attempts', 0, 'updated_ms', ARGV[2],
   'last_error', '', 'reason', '', 'gateway_request_ids', '[]', 'handlers_done', '[]',
@@ -141,10 +172,15 @@ redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 redis.call('SET', KEYS[5] .. job_id, job, 'PX', ARGV[3])
 redis.call('ZADD', KEYS[4], ARGV[2], job_id)
+-- Console indexes (event_index.py)
+ix_move(KEYS[6], ARGV[1], 'dead_lettered', 'queued', ix[1])
+redis.call('ZREM', KEYS[6] .. 'expiry', ARGV[1] .. ' ' .. (ix[2] or ''))
+ix_history(KEYS[1], ARGV[2], 'queued', 0, gen, 'replayed')
 return tonumber(gen)
-""")
+""", indexes=True)
 
-# Re-create a vanished arq job for an in-flight event (the sweep). ARGV: event id, generation, now, expiry, job
+# Re-create a vanished arq job for an in-flight event (the sweep). KEYS: event, job, queue, in-progress,
+# inflight, console index prefix. ARGV: event id, generation, now, expiry, job, job id
 _REQUEUE = _script("records.requeue", """
 if not digits(ARGV[3]) then return fail('now is not a decimal integer') end
 if not digits(ARGV[4]) or ARGV[4] == '0' then return fail('job expiry is not a positive integer') end
@@ -152,17 +188,22 @@ local state = redis.call('HGET', KEYS[1], 'state')
 if state ~= 'queued' and state ~= 'processing' and state ~= 'retrying' then return 0 end
 if redis.call('HGET', KEYS[1], 'generation') ~= ARGV[2] then return 0 end
 if redis.call('EXISTS', KEYS[2]) == 1 or redis.call('EXISTS', KEYS[4]) == 1 then return 0 end
+local ix = redis.call('HMGET', KEYS[1], 'received_ms', 'attempts')
 -- writes
 redis.call('SET', KEYS[2], ARGV[5], 'PX', ARGV[4])
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[6])
 redis.call('HSET', KEYS[1], 'state', 'queued', 'updated_ms', ARGV[3])
 redis.call('ZADD', KEYS[5], ARGV[3], ARGV[1])
+-- Console indexes (event_index.py)
+ix_move(KEYS[6], ARGV[1], state, 'queued', ix[1])
+ix_history(KEYS[1], ARGV[3], 'queued', ix[2], ARGV[2], 'job re-created by the sweep')
 return 1
-""")
+""", indexes=True)
 
 
 # Public for sorting errors (service.redis_errors): a runtime error names its script by SHA-1 only.
 START_SCRIPT, FINISH_SCRIPT, ADD_REQUEST_ID_SCRIPT = _START, _FINISH, _ADD_REQUEST_ID
+HANDLER_DONE_SCRIPT = _HANDLER_DONE
 
 
 class ReplayRefused(Exception):
@@ -243,7 +284,8 @@ class Records:
         """Mark processing and return the record (``attempts`` is this attempt's number), or a reason to
         skip: -1 the record is gone, -2 a replay superseded this generation, -3 it already finished, -4 its
         type is paused (the event is parked as queued until ``resume``)."""
-        result = await self._start(keys=[keys.event(event_id), keys.INFLIGHT, keys.PAUSED_TYPES, keys.PARKED],
+        result = await self._start(keys=[keys.event(event_id), keys.INFLIGHT, keys.PAUSED_TYPES, keys.PARKED,
+                                         keys.CONSOLE_INDEX],
                                    args=[generation, now_ms, event_id])
         if isinstance(result, int):
             return result
@@ -254,7 +296,7 @@ class Records:
                    give_back_attempt: bool = False) -> bool:
         attempts = 1 if reset_attempts else 2 if give_back_attempt else 0
         result = await self._finish(
-            keys=[keys.event(event_id), keys.INFLIGHT, keys.DEAD_LETTERS],
+            keys=[keys.event(event_id), keys.INFLIGHT, keys.DEAD_LETTERS, keys.CONSOLE_INDEX],
             args=[generation, now_ms, event_id, state, error, reason, ttl, int(only_in_flight), attempts],
         )
         return bool(result)
@@ -279,8 +321,8 @@ class Records:
         return await self._set(event_id, generation, now_ms, "dead_lettered", error, "lost", self._dead_retention,
                                only_in_flight=True)
 
-    async def add_request_id(self, event_id: str, request_id: str) -> None:
-        await self._add_request_id(keys=[keys.event(event_id)], args=[request_id])
+    async def add_request_id(self, event_id: str, request_id: str, idempotency_key: str = "") -> None:
+        await self._add_request_id(keys=[keys.event(event_id)], args=[request_id, idempotency_key])
 
     async def handler_done(self, event_id: str, generation: int, name: str) -> None:
         await self._handler_done(keys=[keys.event(event_id)], args=[generation, name])
@@ -291,7 +333,8 @@ class Records:
         ``traceparent``: the trace the replay starts (the replaying request's span, when traced); without one
         a fresh trace context is made, so a replay's attempts always share a new trace."""
         gen = await self._replay(
-            keys=[keys.event(event_id), keys.INFLIGHT, keys.DEAD_LETTERS, keys.ARQ_QUEUE, keys.ARQ_JOB],
+            keys=[keys.event(event_id), keys.INFLIGHT, keys.DEAD_LETTERS, keys.ARQ_QUEUE, keys.ARQ_JOB,
+                  keys.CONSOLE_INDEX],
             args=[event_id, now_ms, self._job_expiry_ms, *arq_job.payload_around_generation(event_id, now_ms),
                   traceparent or new_traceparent()],
         )
@@ -304,7 +347,7 @@ class Records:
         job_id = keys.job_id(event_id, generation)
         result = await self._requeue(
             keys=[keys.event(event_id), keys.ARQ_JOB + job_id, keys.ARQ_QUEUE, keys.ARQ_IN_PROGRESS + job_id,
-                  keys.INFLIGHT],
+                  keys.INFLIGHT, keys.CONSOLE_INDEX],
             args=[event_id, generation, now_ms, self._job_expiry_ms, arq_job.payload(event_id, generation, now_ms),
                   job_id],
         )

@@ -1,0 +1,99 @@
+"""What the console does to stored state: replay (the CLI's operation) and verifying the audit log."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import replace
+from typing import Any
+
+from redis.asyncio import Redis
+from runinfra_webhooks.service.core.audit import verify_entries
+from runinfra_webhooks.service.storage.audit_store import audit_base, audit_head, iter_audit
+from runinfra_webhooks.service.storage.listing import EventFilter, EventIndex
+from runinfra_webhooks.service.storage.records import Records, ReplayRefused
+
+__all__ = ["ReplayRefused", "replay_matching", "replay_one", "verify_audit"]
+
+_BATCH = 100  # replays sent together (they share round trips through the records' coalescer)
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+async def replay_one(records: Records, event_id: str) -> int:
+    """Re-queue one dead-lettered event under a new key generation; raises ReplayRefused otherwise."""
+    return await records.replay(event_id, _now_ms())
+
+
+async def _replay_quietly(records: Records, event_id: str) -> bool:
+    try:
+        await records.replay(event_id, _now_ms())
+    except ReplayRefused:
+        return False
+    return True
+
+
+async def replay_matching(records: Records, index: EventIndex, f: EventFilter, *, dry_run: bool,
+                          ids: list[str] | None = None) -> dict[str, Any]:
+    """Count (and unless ``dry_run`` replay) the dead-lettered events matching ``f`` (or among ``ids``)."""
+    f = replace(f, state="dead_lettered")
+    if ids is not None:
+        matched = [i for i in dict.fromkeys(ids) if await _is_dead(records, i)]
+    else:
+        matched = [i async for i in index.iter_ids(f)]
+    replayed = 0
+    if not dry_run:
+        for start in range(0, len(matched), _BATCH):
+            done = await asyncio.gather(*(_replay_quietly(records, i) for i in matched[start:start + _BATCH]))
+            replayed += sum(done)
+    return {"matched": len(matched), "count": len(matched), "replayed": replayed, "dry_run": dry_run}
+
+
+async def _is_dead(records: Records, event_id: str) -> bool:
+    record = await records.get(event_id)
+    return record is not None and record.state == "dead_lettered"
+
+
+async def verify_audit(redis: Redis, *, secrets: tuple[bytes, ...], tolerance: int,
+                       chunk: int = 10_000) -> dict[str, Any]:
+    """The checks of ``audit verify``: every entry's signature and the chain from its base to the head.
+
+    In chunks, each one's base the previous one's last entry, checked in a thread: memory stays bounded
+    and the console keeps answering while a long log is verified.
+    """
+    base_seq, base_hash = await audit_base(redis)
+    head = await audit_head(redis)
+    result: dict[str, Any] = {"ok": True, "checked": 0, "head": {"seq": head[0], "hash": head[1]},
+                              "base": {"seq": base_seq, "hash": base_hash}, "problem": None}
+    last: tuple[int, str] = (base_seq, base_hash)
+    last_id: str | None = None
+    entries: list[tuple[str, dict[bytes, bytes]]] = []
+
+    async def check() -> bool:
+        nonlocal last, last_id
+        checked, problem = await asyncio.to_thread(verify_entries, entries, secrets=secrets, tolerance=tolerance,
+                                                   base_seq=last[0], base_hash=last[1])
+        result["checked"] += checked
+        if problem is not None:
+            result["ok"] = False
+            result["problem"] = {"seq": problem.seq, "stream_id": problem.stream_id, "code": problem.code,
+                                 "detail": problem.detail}
+            return False
+        last = (int(entries[-1][1][b"seq"]), entries[-1][1][b"hash"].decode())
+        last_id = entries[-1][0]
+        entries.clear()
+        return True
+
+    async for entry in iter_audit(redis):
+        entries.append(entry)
+        if len(entries) >= chunk and not await check():
+            return result
+    if entries and not await check():
+        return result
+    if last != head:
+        result["ok"] = False
+        result["problem"] = {"seq": last[0], "stream_id": last_id, "code": "head_mismatch",
+                             "detail": "the newest entry is not the recorded head: entries were removed at the end"}
+    return result
