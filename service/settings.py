@@ -12,6 +12,7 @@ from typing import Annotated, Any
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from runinfra_webhooks.service.storage.redis_url import parse_redis_url
+from runinfra_webhooks.service.storage.vectors.url import parse_store_url
 
 __all__ = ["ConfigError", "Settings", "load_settings"]
 
@@ -94,6 +95,18 @@ class Settings(BaseSettings):
     def secret_values(self) -> tuple[bytes, ...]:
         """The secrets as HMAC keys: the UTF-8 bytes of each whole string, prefix included."""
         return tuple(s.get_secret_value().encode() for s in self.webhook_secrets)
+
+    # --- the vector store of re-embedding ------------------------------------------------------
+    vector_store: str = Field("redis", alias="RUNINFRA_VECTOR_STORE")
+    qdrant_api_key: SecretStr | None = Field(None, alias="RUNINFRA_QDRANT_API_KEY")
+    qdrant_lock_wait: float = Field(10.0, alias="RUNINFRA_QDRANT_LOCK_WAIT", ge=0)
+    qdrant_timeout: float = Field(30.0, alias="RUNINFRA_QDRANT_TIMEOUT", gt=0)
+
+    @field_validator("vector_store")
+    @classmethod
+    def _vector_store(cls, value: str) -> str:
+        parse_store_url(value)  # its ValueError never repeats the value
+        return value.strip()
 
 
 def load_settings(**overrides: Any) -> Settings:

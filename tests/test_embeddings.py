@@ -1,4 +1,4 @@
-"""Re-embedding against real Redis and the gateway emulator over real HTTP."""
+"""Re-embedding against real Redis and the gateway emulator over real HTTP, into both vector stores."""
 
 from __future__ import annotations
 
@@ -11,15 +11,17 @@ import pytest
 from redis.asyncio import Redis
 from runinfra_webhooks.handlers import corpus, embeddings
 from runinfra_webhooks.handlers.context import HandlerContext
-from runinfra_webhooks.handlers.corpus import export_corpus, load_corpus
+from runinfra_webhooks.handlers.corpus import active_slot, export_corpus, load_corpus
 from runinfra_webhooks.handlers.errors import PermanentError, TransientError
 from runinfra_webhooks.service.core.events import DeploymentReady, DeploymentUpdated, parse_event
 from runinfra_webhooks.service.gateway.client import GatewayClient, GatewayTransientError, idempotency_key
 from runinfra_webhooks.service.storage import keys
+from runinfra_webhooks.service.storage.vectors import Slot, VectorStore, open_vector_store
 
 from tests.builders import example_event
 from tests.conftest import make_settings
 from tests.stubserver import STUB_API_KEY, StubServer
+from tests.vectorstores import store_kind, store_url  # noqa: F401 - store_kind is a fixture
 
 MODEL = "bge-m3"
 
@@ -27,8 +29,9 @@ MODEL = "bge-m3"
 class Runner:
     """Runs the handler for an event the way a job would: a fresh context per attempt."""
 
-    def __init__(self, redis: Redis, redis_url: str, tmp_path: Path, stub: StubServer) -> None:
+    def __init__(self, redis: Redis, redis_url: str, tmp_path: Path, stub: StubServer, store_kind: str) -> None:
         self.redis, self.redis_url, self.tmp_path, self.stub = redis, redis_url, tmp_path, stub
+        self.store_url = store_url(store_kind, tmp_path)
         self.request_ids: list[str] = []
 
     def context(self, event_id: str, **env: object) -> HandlerContext:
@@ -39,6 +42,7 @@ class Runner:
             RUNINFRA_API_KEY=STUB_API_KEY,
             RUNINFRA_EMBED_BATCH_SIZE=2,
             RUNINFRA_GATEWAY_MAX_ATTEMPTS=1,
+            RUNINFRA_VECTOR_STORE=self.store_url,
             **env,
         )
 
@@ -58,10 +62,18 @@ class Runner:
     def embed_calls(self) -> list[dict[str, Any]]:
         return [c for c in self.stub.calls() if c["route"] == "/v1/embeddings"]
 
+    async def exported(self, collection: str) -> list[dict[str, Any]]:
+        async with open_vector_store(self.store_url, self.redis) as store:
+            return [row async for row in export_corpus(self.redis, store, collection)]
+
+    async def count(self, slot: Slot) -> int:
+        async with open_vector_store(self.store_url, self.redis) as store:
+            return await store.count(slot)
+
 
 @pytest.fixture
-def runner(redis: Redis, redis_url: str, tmp_path: Path, stub: StubServer) -> Runner:
-    return Runner(redis, redis_url, tmp_path, stub)
+def runner(redis: Redis, redis_url: str, tmp_path: Path, stub: StubServer, store_kind: str) -> Runner:
+    return Runner(redis, redis_url, tmp_path, stub, store_kind)
 
 
 def ready(revision: str = "rev_0001", *, created: int = 1_000, **data: Any) -> DeploymentReady:
@@ -82,10 +94,6 @@ def updated(revision: str, previous: str, *, created: int) -> DeploymentUpdated:
 
 def docs(n: int, prefix: str = "text") -> list[str]:
     return [json.dumps({"id": f"d{i}", "text": f"{prefix} {i}"}) for i in range(n)]
-
-
-async def exported(redis: Redis, collection: str) -> list[dict[str, Any]]:
-    return [row async for row in export_corpus(redis, collection)]
 
 
 # --- pure core ----------------------------------------------------------------------------------------
@@ -149,7 +157,7 @@ async def test_stores_vectors_with_model_and_revision_for_export(runner: Runner,
     meta = await redis.hgetall(keys.corpus_meta("kb"))
     assert meta[b"revision"] == b"rev_0001"
     assert not await redis.exists(keys.corpus_progress("kb", "rev_0001"))
-    rows = await exported(redis, "kb")
+    rows = await runner.exported("kb")
     returned = [item for c in runner.embed_calls() for item in c["body"]["input"]]
     assert [r["id"] for r in rows] == ["d0", "d1", "d2"] and len(returned) == 3
     assert {(r["model"], r["revision"]) for r in rows} == {(MODEL, "rev_0001")}
@@ -172,7 +180,7 @@ async def test_resumes_after_failed_batch_calling_only_remaining_batches(runner:
     charges = runner.stub.charges()
     assert charges["total"] == 5
     assert set(charges["by_key"].values()) == {1}
-    assert len(await exported(redis, "kb")) == 10
+    assert len(await runner.exported("kb")) == 10
 
 
 async def test_batch_charged_before_crash_is_replayed_not_recharged(
@@ -181,23 +189,23 @@ async def test_batch_charged_before_crash_is_replayed_not_recharged(
     """A crash after the gateway answered but before the commit resends the same key: replayed, not charged."""
     await load_corpus(redis, docs(6), collection="kb", model=MODEL)
     event = ready()
-    real_commit = corpus.commit_batch
+    real_store = corpus.store_batch
 
-    async def crash_on_second(redis: Redis, build: corpus.Build, index: int, vectors: Any) -> bool:
+    async def crash_on_second(redis: Redis, store: VectorStore, build: corpus.Build, index: int, vectors: Any) -> bool:
         if index == 1:
             raise ConnectionError("worker died")
-        return await real_commit(redis, build, index, vectors)
+        return await real_store(redis, store, build, index, vectors)
 
-    monkeypatch.setattr(embeddings, "commit_batch", crash_on_second)
+    monkeypatch.setattr(embeddings, "store_batch", crash_on_second)
     with pytest.raises(ConnectionError):
         await runner.run(event)
-    monkeypatch.setattr(embeddings, "commit_batch", real_commit)
+    monkeypatch.setattr(embeddings, "store_batch", real_store)
     await runner.run(event)
 
     calls = runner.embed_calls()
     assert [c["replayed"] for c in calls] == [False, False, True, False]
     assert runner.stub.charges()["total"] == 3
-    assert len(await exported(redis, "kb")) == 6
+    assert len(await runner.exported("kb")) == 6
 
 
 async def test_same_revision_twice_makes_no_new_calls(runner: Runner, redis: Redis) -> None:
@@ -235,8 +243,8 @@ async def test_updated_revision_reembeds_and_drops_previous_vectors(runner: Runn
     await runner.run(ready("rev_0001", created=1_000))
     await runner.run(updated("rev_0002", "rev_0001", created=2_000))
     assert len(runner.embed_calls()) == 4
-    assert {r["revision"] for r in await exported(redis, "kb")} == {"rev_0002"}
-    assert not await redis.exists(keys.corpus_vectors("kb", "rev_0001"))
+    assert {r["revision"] for r in await runner.exported("kb")} == {"rev_0002"}
+    assert await runner.count(Slot("kb", "rev_0001", 1)) == 0
 
 
 async def test_late_older_event_does_not_replace_newer_revision(runner: Runner, redis: Redis) -> None:
@@ -245,7 +253,7 @@ async def test_late_older_event_does_not_replace_newer_revision(runner: Runner, 
     await runner.run(updated("rev_0002", "rev_0001", created=2_000))
     await runner.run(ready("rev_0001", created=1_000))
     assert len(runner.embed_calls()) == 2
-    assert {r["revision"] for r in await exported(redis, "kb")} == {"rev_0002"}
+    assert {r["revision"] for r in await runner.exported("kb")} == {"rev_0002"}
 
 
 async def test_load_during_build_restarts_it_with_new_keys(
@@ -254,14 +262,14 @@ async def test_load_during_build_restarts_it_with_new_keys(
     """A load mid-build makes the attempt transient; the retry embeds the new corpus under new keys."""
     await load_corpus(redis, docs(4), collection="kb", model=MODEL)
     event = ready()
-    real_commit = corpus.commit_batch
+    real_store = corpus.store_batch
 
-    async def load_then_commit(redis: Redis, build: corpus.Build, index: int, vectors: Any) -> bool:
+    async def load_then_store(redis: Redis, store: VectorStore, build: corpus.Build, index: int, vectors: Any) -> bool:
         if index == 1 and build.version == 1:
             await load_corpus(redis, [json.dumps({"id": "d0", "text": "changed"})], collection="kb", model=MODEL)
-        return await real_commit(redis, build, index, vectors)
+        return await real_store(redis, store, build, index, vectors)
 
-    monkeypatch.setattr(embeddings, "commit_batch", load_then_commit)
+    monkeypatch.setattr(embeddings, "store_batch", load_then_store)
     with pytest.raises(TransientError, match="starts over"):
         await runner.run(event)
     await runner.run(event)
@@ -269,7 +277,7 @@ async def test_load_during_build_restarts_it_with_new_keys(
     calls = runner.embed_calls()
     assert [c["body"]["input"] for c in calls[2:]] == [["changed", "text 1"], ["text 2", "text 3"]]
     assert len({c["idempotency_key"] for c in calls}) == 4
-    rows = await exported(redis, "kb")
+    rows = await runner.exported("kb")
     assert [r["id"] for r in rows] == ["d0", "d1", "d2", "d3"]
 
 
@@ -278,4 +286,39 @@ async def test_empty_collection_becomes_active_without_calls(runner: Runner, red
     await load_corpus(redis, [], collection="kb", model=MODEL)
     await runner.run(ready())
     assert runner.stub.calls() == []
-    assert await exported(redis, "kb") == []
+    assert await runner.exported("kb") == []
+
+
+@pytest.mark.parametrize("crash_at", range(4))
+@pytest.mark.parametrize("after_write", [False, True], ids=["before-write", "after-write"])
+async def test_build_resumes_after_a_crash_at_any_batch_charging_each_batch_once(
+    runner: Runner, redis: Redis, monkeypatch: pytest.MonkeyPatch, crash_at: int, after_write: bool
+) -> None:
+    """A worker dying at any batch, before or after its vectors reach the store, resumes there: every batch is
+    charged once, and the finished collection holds the gateway's vector of every document."""
+    await load_corpus(redis, docs(7), collection="kb", model=MODEL)
+    event = ready()
+    real_store = corpus.store_batch
+
+    async def dying(redis: Redis, store: VectorStore, build: corpus.Build, index: int, vectors: Any) -> bool:
+        if index == crash_at:
+            if after_write:
+                await store.write(build.slot, model=build.model, ids=build.batches[index], vectors=vectors)
+            raise ConnectionError("worker died")
+        return await real_store(redis, store, build, index, vectors)
+
+    monkeypatch.setattr(embeddings, "store_batch", dying)
+    with pytest.raises(ConnectionError):
+        await runner.run(event)
+    assert await active_slot(redis, "kb") is None
+    assert await redis.get(keys.corpus_progress("kb", "rev_0001")) == (str(crash_at).encode() if crash_at else None)
+    monkeypatch.setattr(embeddings, "store_batch", real_store)
+    await runner.run(event)
+
+    charges = runner.stub.charges()
+    assert charges["total"] == 4 and set(charges["by_key"].values()) == {1}
+    assert [c["replayed"] for c in runner.embed_calls()].count(True) == 1  # only the batch that died is resent
+    rows = await runner.exported("kb")
+    assert [r["id"] for r in rows] == [f"d{i}" for i in range(7)]
+    assert len({tuple(round(x, 5) for x in r["embedding"]) for r in rows}) == 7
+    assert await active_slot(redis, "kb") == Slot("kb", "rev_0001", 1)

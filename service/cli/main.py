@@ -74,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--model", required=True)
     export = corpus_sub.add_parser("export", help='JSON lines {"id","model","revision","embedding"}')
     export.add_argument("--collection", required=True)
+    search = corpus_sub.add_parser("search", help='JSON lines {"id","score"} nearest TEXT, nearest first')
+    search.add_argument("text", metavar="TEXT")
+    search.add_argument("--collection", required=True)
+    search.add_argument("-k", type=int, default=5, help="how many documents (default 5)")
 
     dead = sub.add_parser("dead-letter", help="parked events")
     dead_sub = dead.add_subparsers(dest="dead_command", required=True, metavar="SUBCOMMAND")
@@ -134,6 +138,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         ("deployments", None): lambda: cli_ops.deployments(settings, as_json=args.json),
         ("corpus", "load"): lambda: cli_ops.corpus_load(settings, args.file, args.collection, args.model),
         ("corpus", "export"): lambda: cli_ops.corpus_export(settings, args.collection),
+        ("corpus", "search"): lambda: cli_ops.corpus_search(settings, args.text, args.collection, args.k),
         ("dead-letter", "list"): lambda: cli_ops.dead_letter_list(settings, as_json=args.json),
         ("replay", None): lambda: cli_ops.replay(settings, args.event_id, all_dead=args.all_dead_lettered),
         ("audit", "export"): lambda: cli_ops.audit_export(settings, args.out),
