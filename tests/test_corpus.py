@@ -27,8 +27,6 @@ from runinfra_webhooks.handlers.corpus import (
 from runinfra_webhooks.service.storage import keys
 from runinfra_webhooks.service.storage.vectors import Slot, VectorStore
 
-from tests.vectorstores import store, store_kind  # noqa: F401 - fixtures
-
 
 def lines(*docs: tuple[str, str]) -> list[str]:
     return [json.dumps({"id": i, "text": t}) + "\n" for i, t in docs]
@@ -204,7 +202,8 @@ async def test_export_yields_active_revision_rows_in_load_order(redis: Redis, st
     await load_corpus(redis, lines(("b", "bee"), ("a", "ay"), ("c", "see")), collection="docs", model="m")
     await embed_fake(redis, store, "docs", model="m", revision="r1")
     rows = await export(redis, store, "docs")
-    assert [(r["id"], r["model"], r["revision"]) for r in rows] == [("b", "m", "r1"), ("a", "m", "r1"), ("c", "m", "r1")]
+    assert [(r["id"], r["model"], r["revision"]) for r in rows] == [("b", "m", "r1"), ("a", "m", "r1"),
+                                                                    ("c", "m", "r1")]
     assert [r["embedding"] for r in rows] == [pytest.approx(v, rel=1e-6) for v in ([0, 1], [1, 1], [2, 1])]
 
 
@@ -326,7 +325,9 @@ async def test_rebound_collection_forgets_old_model_event_order(redis: Redis, st
     assert await start_build(redis, "docs", model="m2", revision="r1", created=100, batch_size=2) is not None
 
 
-async def test_collection_state_shows_model_active_revision_and_build_progress(redis: Redis, store: VectorStore) -> None:
+async def test_collection_state_shows_model_active_revision_and_build_progress(
+    redis: Redis, store: VectorStore
+) -> None:
     """The operator's view of a collection: bound model, active revision, and batches done of a build."""
     await load_corpus(redis, lines(*((str(i), "t") for i in range(5))), collection="docs", model="m")
     await embed_fake(redis, store, "docs", model="m", revision="r1", created=100)

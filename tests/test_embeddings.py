@@ -21,7 +21,7 @@ from runinfra_webhooks.service.storage.vectors import Slot, VectorStore, open_ve
 from tests.builders import example_event
 from tests.conftest import make_settings
 from tests.stubserver import STUB_API_KEY, StubServer
-from tests.vectorstores import store_kind, store_url  # noqa: F401 - store_kind is a fixture
+from tests.vectorstores import store_url
 
 MODEL = "bge-m3"
 
