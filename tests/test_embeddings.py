@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from redis.asyncio import Redis
 from runinfra_webhooks.handlers import corpus, embeddings
@@ -18,8 +21,9 @@ from runinfra_webhooks.service.gateway.client import GatewayClient, GatewayTrans
 from runinfra_webhooks.service.storage import keys
 from runinfra_webhooks.service.storage.vectors import Slot, VectorStore, open_vector_store
 
-from tests.builders import example_event
+from tests.builders import example_event, signed_delivery
 from tests.conftest import make_settings
+from tests.processes import stack_env, wait_until, worker_process
 from tests.stubserver import STUB_API_KEY, StubServer
 from tests.vectorstores import store_url
 
@@ -322,3 +326,45 @@ async def test_build_resumes_after_a_crash_at_any_batch_charging_each_batch_once
     assert [r["id"] for r in rows] == [f"d{i}" for i in range(7)]
     assert len({tuple(round(x, 5) for x in r["embedding"]) for r in rows}) == 7
     assert await active_slot(redis, "kb") == Slot("kb", "rev_0001", 1)
+
+
+# --- the whole loop with real processes ---------------------------------------------------------------
+def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "runinfra_webhooks", *args], env=env, capture_output=True, text=True,
+                          timeout=60, check=False)
+
+
+def test_worker_reembeds_a_loaded_corpus_and_search_finds_each_document_by_its_own_text(
+    receiver_url: str, redis_url: str, stub: StubServer, tmp_path: Path, store_kind: str
+) -> None:
+    """Load, re-embed through a real worker and the emulator, then `corpus search` puts each probed document
+    first when searching its own text, and `corpus export` gives every vector, in either store."""
+    env = stack_env(redis_url, stub.base_url, tmp_path / "artifacts", RUNINFRA_EMBED_BATCH_SIZE="8",
+                    RUNINFRA_VECTOR_STORE=store_url(store_kind, tmp_path))
+    texts = [f"document {i} about {topic}" for i, topic in enumerate(["tides", "owls", "rust", "tea"] * 10)]
+    corpus_file = tmp_path / "corpus.jsonl"
+    corpus_file.write_text("".join(json.dumps({"id": f"d{i}", "text": t}) + "\n" for i, t in enumerate(texts)))
+    loaded = cli(env, "corpus", "load", str(corpus_file), "--collection", "kb", "--model", MODEL)
+    assert loaded.returncode == 0, loaded.stderr
+    refused = cli(env, "corpus", "search", "owls", "--collection", "kb")
+    assert refused.returncode == 1 and "no embedded revision" in refused.stderr
+
+    event = example_event("deployment.ready")
+    with worker_process(env, tmp_path / "worker.log"):
+        body, headers = signed_delivery(event)
+        assert httpx.post(receiver_url + "/webhooks/runinfra", content=body, headers=headers, timeout=30).is_success
+        wait_until(lambda: json.loads(cli(env, "events", "show", event["id"]).stdout or "{}").get("state")
+                   == "succeeded", timeout=60, what="the re-embedding event to succeed", interval=0.3)
+        assert stub.charges()["total"] == 5
+        # While the worker runs: Qdrant's embedded mode is locked only during a build, not between builds.
+        for probe in (0, 13, 26, 39):
+            found = cli(env, "corpus", "search", texts[probe], "--collection", "kb", "-k", "3")
+            assert found.returncode == 0, found.stderr
+            hits = [json.loads(line) for line in found.stdout.splitlines()]
+            assert len(hits) == 3 and set(hits[0]) == {"id", "score"}
+            assert hits[0]["id"] == f"d{probe}" and hits[0]["score"] == pytest.approx(1.0, abs=1e-4)
+            assert hits[0]["score"] >= hits[1]["score"] >= hits[2]["score"]
+    exported = cli(env, "corpus", "export", "--collection", "kb")
+    rows = [json.loads(line) for line in exported.stdout.splitlines()]
+    assert [r["id"] for r in rows] == [f"d{i}" for i in range(40)]
+    assert {(r["model"], r["revision"], len(r["embedding"])) for r in rows} == {(MODEL, "rev_0001", 8)}

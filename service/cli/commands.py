@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
 import uuid
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import httpx
+import structlog
 from redis.asyncio import Redis
 from runinfra_webhooks.service.core.audit import verify_entries
 from runinfra_webhooks.service.core.signature import sign
@@ -246,6 +248,9 @@ async def corpus_search(settings: Settings, text: str, collection: str, k: int) 
     if settings.api_key is None:
         _err("RUNINFRA_API_KEY is not set: the query is embedded through the gateway")
         return 1
+    # stdout carries the hits as JSON lines: the gateway client's call log goes to stderr, warnings only.
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+                        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     gateway = GatewayClient.from_settings(settings)
 
     async def embed(model: str) -> list[float]:

@@ -31,6 +31,7 @@ import re
 import time
 import uuid
 from collections.abc import Collection, Sequence
+from pathlib import Path
 from typing import Any
 
 from runinfra_webhooks.service.storage.vectors.base import (
@@ -68,6 +69,22 @@ def point_id(document_id: str) -> str:
     return str(uuid.uuid5(_ID_NAMESPACE, document_id))
 
 
+def _lock_free(path: str) -> bool:
+    """Whether no process holds the embedded-mode lock of ``path`` (the lock qdrant-client itself takes)."""
+    import portalocker
+
+    lock = Path(path) / ".lock"
+    if not lock.exists():
+        return True
+    with lock.open("r+") as handle:
+        try:
+            portalocker.lock(handle, portalocker.LockFlags.EXCLUSIVE | portalocker.LockFlags.NON_BLOCKING)
+        except portalocker.exceptions.LockException:
+            return False
+        portalocker.unlock(handle)
+        return True
+
+
 class _SharedLocal:
     """One embedded client per directory in this process, counted by its openers.
 
@@ -86,6 +103,9 @@ class _SharedLocal:
                 cls.clients[path] = (client, users + 1)
                 return client
             try:
+                # Probe first: a client that fails on the lock leaves its files open.
+                if not _lock_free(path):
+                    raise RuntimeError(_LOCKED)
                 client = AsyncQdrantClient(path=path)
             except RuntimeError as exc:
                 if _LOCKED not in str(exc):
