@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     stub.add_argument("--port", type=int, default=8090)
     stub.add_argument("--latency", type=float, default=0.0, help="seconds added to every call")
     stub.add_argument("--api-key", default=None, help="bearer key to require (default: RUNINFRA_API_KEY or none)")
+    stub.add_argument("--dimensions", type=int, default=8, help="length of every embedding (default 8)")
 
     send = sub.add_parser("send", help="sign an example event of TYPE with the configured secret and POST it")
     send.add_argument("type", choices=EVENT_TYPES, metavar="TYPE")
@@ -120,7 +121,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         from runinfra_webhooks.service.devtools.gateway_stub import run_stub
 
         run_stub(args.host, args.port, api_key=args.api_key or os.environ.get("RUNINFRA_API_KEY"),
-                 latency=args.latency)
+                 latency=args.latency, dimensions=args.dimensions)
         return 0
     if args.command == "dev":
         return dev.run_dev(port=args.port, stub_port=args.stub_port, redis_url=args.redis_url)
