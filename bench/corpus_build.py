@@ -3,6 +3,7 @@
     .venv/bin/python -m bench.corpus_build                       # 1k, 10k, 100k documents, redis store
     .venv/bin/python -m bench.corpus_build --stores redis,qdrant --sizes 1000,10000
     .venv/bin/python -m bench.corpus_build --dimensions 1024 --sizes 5000   # Redis bytes per real-size vector
+    .venv/bin/python -m bench.corpus_build --sizes 100000 --latency 0.05 --concurrency 1,4,8 --skip-old
 
 Each build runs in a fresh process (pinned to core 0) against the bench's own redis-server and the gateway
 emulator at zero latency (both on core 1): the corpus is loaded with ``load_corpus``, then one
@@ -36,7 +37,8 @@ MODEL = "bench-embed"
 
 
 # --- the child: one build ------------------------------------------------------------------------
-async def one_build(redis_url: str, base_url: str, store_url: str, n: int, work: Path) -> dict[str, Any]:
+async def one_build(redis_url: str, base_url: str, store_url: str, n: int, work: Path,
+                    concurrency: int) -> dict[str, Any]:
     from redis.asyncio import Redis
     from runinfra_webhooks.handlers.context import HandlerContext
     from runinfra_webhooks.handlers.corpus import active_slot, load_corpus
@@ -48,7 +50,8 @@ async def one_build(redis_url: str, base_url: str, store_url: str, n: int, work:
     settings = load_settings(RUNINFRA_WEBHOOK_SECRET="whsec_bench",  # noqa: S106 - the bench's own
                              REDIS_URL=redis_url, RUNINFRA_BASE_URL=base_url,
                              RUNINFRA_API_KEY="sk-stub", RUNINFRA_EMBED_BATCH_SIZE=BATCH,
-                             RUNINFRA_VECTOR_STORE=store_url, RUNINFRA_ARTIFACTS_DIR=str(work / "artifacts"))
+                             RUNINFRA_VECTOR_STORE=store_url, RUNINFRA_ARTIFACTS_DIR=str(work / "artifacts"),
+                             RUNINFRA_EMBED_CONCURRENCY=concurrency)
     redis = Redis.from_url(redis_url)
     lines = [json.dumps({"id": f"doc-{i:07d}", "text": f"document {i} of the bench corpus, about topic {i % 97}"})
              for i in range(n)]
@@ -100,7 +103,8 @@ def old_resplit_s(n: int) -> float:
 
 # --- the parent ------------------------------------------------------------------------------------
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    results: dict[str, Any] = {"dimensions": args.dimensions, "batch": BATCH, "builds": [], "old_resplit": []}
+    results: dict[str, Any] = {"dimensions": args.dimensions, "batch": BATCH, "latency": args.latency,
+                               "builds": [], "old_resplit": []}
     with tempfile.TemporaryDirectory(prefix="bench-corpus-") as tmp:
         work = Path(tmp)
         rd = RedisProc(work / "redis", aof=False)
@@ -108,32 +112,34 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         port = free_port()
         stub = subprocess.Popen(
             [TASKSET, "-c", LOAD_CORE, PY, "-m", "runinfra_webhooks", "gateway-stub", "--port", str(port),
-             "--api-key", "sk-stub", "--dimensions", str(args.dimensions)],
+             "--api-key", "sk-stub", "--dimensions", str(args.dimensions), "--latency", str(args.latency)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             wait_port(port, stub)
             root = f"http://127.0.0.1:{port}"
-            for store in args.stores.split(","):
-                for n in (int(x) for x in args.sizes.split(",")):
-                    for repeat in range(args.repeats):
-                        rd.client().flushall()
-                        httpx.post(f"{root}/_stub/reset", timeout=10).raise_for_status()
-                        store_url = "redis" if store == "redis" else f"qdrant+path://{work / f'qdrant-{n}-{repeat}'}"
-                        out = subprocess.run(
-                            [TASKSET, "-c", SERVER_CORE, PY, "-m", "bench.corpus_build", "--child", str(n),
-                             "--redis-url", rd.url, "--base-url", f"{root}/v1", "--store-url", store_url,
-                             "--work", str(work)],
-                            capture_output=True, text=True, check=False, timeout=3600)
-                        if out.returncode:
-                            raise RuntimeError(f"the build of {n} in {store} failed:\n{out.stderr[-3000:]}")
-                        row = json.loads(out.stdout.strip().splitlines()[-1])
-                        charged = httpx.get(f"{root}/_stub/charges", timeout=10).json()["total"]
-                        row.update(store=store, repeat=repeat, charged_batches=charged)
-                        results["builds"].append(row)
-                        log(f"{store} n={n}: build {row['build_s']:.2f} s ({row['us_per_doc']:.0f} us/doc), "
-                            f"peak RSS {row['peak_rss_mib']:.1f} MiB, "
-                            f"Redis {row['redis_bytes_per_vector']:.0f} B/vector, search {row['search_ms']:.1f} ms")
-            for n in (int(x) for x in args.sizes.split(",")):
+            # Repeats outermost, so the concurrency settings of one size alternate (A B, A B) under the same load.
+            plan = [(store, n, lanes, repeat) for repeat in range(args.repeats) for store in args.stores.split(",")
+                    for n in map(int, args.sizes.split(",")) for lanes in map(int, args.concurrency.split(","))]
+            for store, n, lanes, repeat in plan:
+                rd.client().flushall()
+                httpx.post(f"{root}/_stub/reset", timeout=10).raise_for_status()
+                store_url = "redis" if store == "redis" else f"qdrant+path://{work / f'qdrant-{n}-{repeat}'}"
+                out = subprocess.run(
+                    [TASKSET, "-c", SERVER_CORE, PY, "-m", "bench.corpus_build", "--child", str(n),
+                     "--redis-url", rd.url, "--base-url", f"{root}/v1", "--store-url", store_url,
+                     "--work", str(work), "--lanes", str(lanes)],
+                    capture_output=True, text=True, check=False, timeout=3600)
+                if out.returncode:
+                    raise RuntimeError(f"the build of {n} in {store} failed:\n{out.stderr[-3000:]}")
+                row = json.loads(out.stdout.strip().splitlines()[-1])
+                charged = httpx.get(f"{root}/_stub/charges", timeout=10).json()["total"]
+                row.update(store=store, repeat=repeat, charged_batches=charged, concurrency=lanes)
+                results["builds"].append(row)
+                log(f"{store} n={n} concurrency={lanes}: build {row['build_s']:.2f} s "
+                    f"({row['us_per_doc']:.0f} us/doc), "
+                    f"peak RSS {row['peak_rss_mib']:.1f} MiB, "
+                    f"Redis {row['redis_bytes_per_vector']:.0f} B/vector, search {row['search_ms']:.1f} ms")
+            for n in (int(x) for x in args.sizes.split(",") if not args.skip_old):
                 seconds = old_resplit_s(n)
                 results["old_resplit"].append({"n": n, "seconds": seconds})
                 log(f"old re-split at n={n}: {seconds:.2f} s")
@@ -149,6 +155,10 @@ def main() -> None:
     parser.add_argument("--stores", default="redis", help="comma-separated: redis, qdrant (embedded mode)")
     parser.add_argument("--dimensions", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds the emulator takes per call")
+    parser.add_argument("--concurrency", default="1", help="comma-separated RUNINFRA_EMBED_CONCURRENCY values")
+    parser.add_argument("--skip-old", action="store_true", help="do not time the old re-split")
+    parser.add_argument("--lanes", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     parser.add_argument("--child", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--redis-url", help=argparse.SUPPRESS)
@@ -157,7 +167,8 @@ def main() -> None:
     parser.add_argument("--work", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        row = asyncio.run(one_build(args.redis_url, args.base_url, args.store_url, args.child, Path(args.work)))
+        row = asyncio.run(one_build(args.redis_url, args.base_url, args.store_url, args.child, Path(args.work),
+                                    args.lanes))
         print(json.dumps(row), flush=True)
         return
     results = run(args)

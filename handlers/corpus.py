@@ -12,7 +12,8 @@ Keys (``service.keys``) and the fields this module keeps in them:
   ``revision`` active), and ``build:<revision>`` (JSON ``{"version", "batch_size"}`` of an embedding in
   progress for that revision).
 - ``corpus_ids(c)`` list of ids in load order; ``corpus_docs(c)`` hash id -> text.
-- ``corpus_progress(c, rev)`` batches finished.
+- ``corpus_progress(c, rev)`` a bitmap of the batches finished (bit ``i`` set once batch ``i`` is stored),
+  so batches may finish in any order and a retry runs exactly the missing ones.
 - ``corpora_by_model(m)`` set of the collections bound to ``m``.
 
 Decisions:
@@ -30,7 +31,7 @@ Decisions:
   the same batches even if the batch size setting changed. Its ids are read and cut into batches once per
   attempt (``Build.cut``); nothing per batch touches more than that batch's ids, so a build's time grows
   linearly with the corpus. A batch's vectors are written to the store (an idempotent upsert), then
-  ``commit_batch`` advances progress as a compare-and-set (WATCH) on the version and progress; a crash
+  ``commit_batch`` sets its bit, guarded by a compare-and-set (WATCH) on the corpus record; a crash
   between the two rewrites the same vectors on retry. The flip of ``revision`` is a compare-and-set too,
   and only happens once the store holds one vector per document. A build that finds the corpus changed
   under it gets ``CorpusChanged``.
@@ -68,6 +69,7 @@ __all__ = [
     "collections_for_model",
     "commit_batch",
     "complete_build",
+    "done_batches",
     "export_corpus",
     "finish_build",
     "live_slots",
@@ -140,14 +142,19 @@ class Build:
     version: int
     batch_size: int
     batches: tuple[tuple[str, ...], ...]
-    done: int  # batches finished before this attempt
+    done: frozenset[int]  # batches finished before this attempt
     documents: int
 
     @classmethod
     def cut(cls, collection: str, model: str, revision: str, version: int, batch_size: int, ids: Sequence[str],
-            done: int = 0) -> Build:
+            done: frozenset[int] = frozenset()) -> Build:
         return cls(collection, model, revision, version, batch_size, tuple(split_batches(ids, batch_size)), done,
                    len(ids))
+
+    @property
+    def pending(self) -> list[int]:
+        """The batches still to do, in order."""
+        return [i for i in range(len(self.batches)) if i not in self.done]
 
     @property
     def slot(self) -> Slot:
@@ -200,6 +207,18 @@ def check_collection(name: str) -> str:
 
 def _decode(raw: dict[bytes, bytes]) -> dict[str, str]:
     return {k.decode(): v.decode() for k, v in raw.items()}
+
+
+def _bits(raw: bytes | None) -> frozenset[int]:
+    """The set bits of a Redis bitmap (bit 0 is the high bit of byte 0, as SETBIT numbers them)."""
+    if not raw:
+        return frozenset()
+    return frozenset(i * 8 + j for i, byte in enumerate(raw) for j in range(8) if byte & (0x80 >> j))
+
+
+async def done_batches(redis: Redis, collection: str, revision: str) -> frozenset[int]:
+    """The batches of the build of ``collection`` at ``revision`` that are stored."""
+    return _bits(await redis.get(keys.corpus_progress(collection, revision)))
 
 
 async def _watched(redis: Redis, watch: Sequence[str], body: Callable[[Pipeline], Awaitable[T]]) -> T:
@@ -314,7 +333,7 @@ async def collection_state(redis: Redis, collection: str) -> CollectionState:
     for name, value in sorted(meta.items()):
         if name.startswith(_BUILD):
             revision, pinned = name.removeprefix(_BUILD), json.loads(value)
-            done = int(await redis.get(keys.corpus_progress(collection, revision)) or 0)
+            done = int(await redis.bitcount(keys.corpus_progress(collection, revision)))
             size = int(pinned["batch_size"])
             builds[revision] = {"version": int(pinned["version"]), "batch_size": size, "batches_done": done,
                                 "batches": -(-documents // size)}
@@ -367,7 +386,7 @@ async def start_build(
 
     Nothing to do: the collection is gone or bound to another model, already active at ``revision``, or
     its active revision came from a deployment event newer than ``created``. A build started afresh
-    (``done == 0`` and no earlier progress) may find vectors of an earlier attempt in its slot: they are
+    (no batch done) may find vectors of an earlier attempt in its slot: they are
     overwritten batch by batch, as every batch covers the same ids.
     """
     meta_key = keys.corpus_meta(collection)
@@ -384,7 +403,7 @@ async def start_build(
         resume = isinstance(pinned, dict) and pinned.get("version") == version
         size = int(pinned["batch_size"]) if resume else batch_size
         ids = [i.decode() for i in await pipe.lrange(keys.corpus_ids(collection), 0, -1)]  # type: ignore[misc]
-        done = int(await pipe.get(progress_key) or 0) if resume else 0
+        done = _bits(await pipe.get(progress_key)) if resume else frozenset()
         build = Build.cut(collection, model, revision, version, size, ids, done)
         pipe.multi()  # type: ignore[no-untyped-call]
         if not resume:
@@ -420,29 +439,29 @@ async def _check_build(pipe: Pipeline, build: Build) -> bool:
 
 
 async def commit_batch(redis: Redis, build: Build, index: int) -> bool:
-    """Record batch ``index`` as finished (its vectors are in the store); False if it already was."""
+    """Record batch ``index`` as finished (its vectors are in the store); False if it already was.
+
+    Batches may be committed in any order and concurrently: each sets its own bit.
+    """
+    if not 0 <= index < len(build.batches):
+        msg = f"batch {index} is not one of the {len(build.batches)} batches"
+        raise ValueError(msg)
     meta_key = keys.corpus_meta(build.collection)
     progress_key = keys.corpus_progress(build.collection, build.revision)
 
     async def commit(pipe: Pipeline) -> bool:
         if not await _check_build(pipe, build):
             return False
-        done = int(await pipe.get(progress_key) or 0)
-        if done > index:
-            return False
-        if done < index:
-            msg = f"progress of {build.collection!r}@{build.revision!r} is {done}, expected {index}"
-            raise CorpusChanged(msg)
         pipe.multi()  # type: ignore[no-untyped-call]
-        pipe.set(progress_key, index + 1)
-        await pipe.execute()
-        return True
+        pipe.setbit(progress_key, index, 1)
+        (was,) = await pipe.execute()
+        return not was
 
-    return await _watched(redis, [meta_key, progress_key], commit)
+    return await _watched(redis, [meta_key], commit)
 
 
 async def restart_build(redis: Redis, build: Build) -> None:
-    """Set the build's progress back to 0 (its store slot lost vectors); a no-op when it was superseded."""
+    """Forget which batches are done (its store slot lost vectors); a no-op when it was superseded."""
     meta_key = keys.corpus_meta(build.collection)
     progress_key = keys.corpus_progress(build.collection, build.revision)
 
@@ -472,7 +491,7 @@ async def finish_build(redis: Redis, build: Build, *, created: int) -> Flip:
     async def flip(pipe: Pipeline) -> Flip:
         if not await _check_build(pipe, build):
             return Flip(flipped=False, superseded=False)
-        done = int(await pipe.get(progress_key) or 0)
+        done = int(await pipe.bitcount(progress_key))
         if done != len(build.batches):
             msg = f"build of {build.collection!r}@{build.revision!r} has {done} of {len(build.batches)} batches"
             raise CorpusChanged(msg)
@@ -508,6 +527,10 @@ async def complete_build(redis: Redis, store: VectorStore, build: Build, *, crea
     raises ``CorpusChanged``. After the flip the store is pointed at the new slot; a superseded build's
     slot is dropped; and every slot neither active nor being built is pruned.
     """
+    done = await done_batches(redis, build.collection, build.revision)
+    if len(done) != len(build.batches):  # not a loss: the build resumes with the missing batches
+        msg = f"build of {build.collection!r}@{build.revision!r} has {len(done)} of {len(build.batches)} batches"
+        raise CorpusChanged(msg)
     stored = await store.count(build.slot)
     if stored != build.documents:
         await restart_build(redis, build)

@@ -2,11 +2,13 @@
 
 For each collection bound to ``data.model`` and not active at ``data.revision``, a build is started or
 resumed (``handlers.corpus``): the ids in load order are cut into batches of ``embed_batch_size`` (pinned
-when the build starts), each remaining batch is POSTed to ``/embeddings``, its vectors are written to the
-vector store (``RUNINFRA_VECTOR_STORE``) and then the progress is committed, and the active revision flips
-once all batches are in and the store holds one vector per document. The store is then pointed at the new
-revision and drops every slot no longer active or being built. A retried job resumes after the last
-committed batch; a crash between a write and its commit rewrites the same vectors (the gateway replays the
+when the build starts), each remaining batch is POSTed to ``/embeddings`` (``embed_concurrency`` batches
+in flight at once: a build waits on the gateway, not on us), its vectors are written to the vector store
+(``RUNINFRA_VECTOR_STORE``) and then the batch is marked done, and the active revision flips once all
+batches are in and the store holds one vector per document. The first batch that fails stops the others
+(batches already done stay done) and its error is the attempt's. The store is then pointed at the new
+revision and drops every slot no longer active or being built. A retried job runs only the batches not
+marked done; a crash between a write and its mark rewrites the same vectors (the gateway replays the
 same answer for the same key, uncharged).
 
 The store is opened once per event (for Qdrant's embedded mode, that holds its directory lock until the
@@ -25,8 +27,9 @@ A response without one finite numeric vector per input (matched by ``index``, al
 
 from __future__ import annotations
 
+import asyncio
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -142,17 +145,18 @@ async def embed_collection(
         revision=revision,
         store=store.kind,
         batches=len(build.batches),
-        resume_at=build.done,
+        already_done=len(build.done),
     )
+
+    async def one(index: int) -> None:
+        texts = await batch_texts(ctx.redis, build, index)
+        response = await ctx.call_gateway(ROUTE, {"model": model, "input": texts}, step=step_name(build), part=index)
+        vectors = parse_embeddings(response.json(), len(texts))
+        if await store_batch(ctx.redis, store, build, index, vectors):
+            ctx.note_progress()
+
     try:
-        for index in range(build.done, len(build.batches)):
-            texts = await batch_texts(ctx.redis, build, index)
-            response = await ctx.call_gateway(
-                ROUTE, {"model": model, "input": texts}, step=step_name(build), part=index
-            )
-            vectors = parse_embeddings(response.json(), len(texts))
-            if await store_batch(ctx.redis, store, build, index, vectors):
-                ctx.note_progress()
+        await _each(build.pending, ctx.settings.embed_concurrency, one)
         flipped = await complete_build(ctx.redis, store, build, created=created)
     except CorpusChanged as exc:
         raise TransientError(f"{exc}; the build starts over") from exc
@@ -163,3 +167,21 @@ async def embed_collection(
         revision=revision,
     )
     return flipped
+
+
+async def _each(items: Sequence[int], lanes: int, work: Callable[[int], Awaitable[None]]) -> None:
+    """``work(item)`` for every item, at most ``lanes`` at once, in order of start; the first failure cancels
+    the rest and is raised as itself (not wrapped in a group, so PermanentError stays permanent)."""
+    pending = iter(items)
+
+    async def lane() -> None:
+        for item in pending:  # one shared iterator: each item is taken by exactly one lane
+            await work(item)
+
+    tasks = [asyncio.ensure_future(lane()) for _ in range(min(lanes, len(items)))]
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

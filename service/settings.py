@@ -101,6 +101,7 @@ class Settings(BaseSettings):
     qdrant_api_key: SecretStr | None = Field(None, alias="RUNINFRA_QDRANT_API_KEY")
     qdrant_lock_wait: float = Field(10.0, alias="RUNINFRA_QDRANT_LOCK_WAIT", ge=0)
     qdrant_timeout: float = Field(30.0, alias="RUNINFRA_QDRANT_TIMEOUT", gt=0)
+    embed_concurrency: int = Field(4, alias="RUNINFRA_EMBED_CONCURRENCY", gt=0, le=64)
 
     @field_validator("vector_store")
     @classmethod

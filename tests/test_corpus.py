@@ -16,7 +16,9 @@ from runinfra_webhooks.handlers.corpus import (
     batch_texts,
     collection_state,
     collections_for_model,
+    commit_batch,
     complete_build,
+    done_batches,
     export_corpus,
     load_corpus,
     parse_documents,
@@ -230,7 +232,7 @@ async def test_storing_a_committed_batch_again_changes_progress_not(redis: Redis
     assert not await store_batch(redis, store, build, 0, [[1.0, 0.0], [0.0, 1.0]])
     assert await store.count(build.slot) == 2
     assert await store.vectors(build.slot, ["a", "c"]) == [pytest.approx([1.0, 0.0]), None]
-    assert await redis.get(keys.corpus_progress("docs", "r1")) == b"1"
+    assert await done_batches(redis, "docs", "r1") == {0}
 
 
 async def test_restarted_build_resumes_at_progress_with_pinned_batch_size(redis: Redis, store: VectorStore) -> None:
@@ -241,8 +243,9 @@ async def test_restarted_build_resumes_at_progress_with_pinned_batch_size(redis:
     await store_batch(redis, store, first, 0, [[1.0], [1.0]])
     again = await start_build(redis, "docs", model="m", revision="r1", created=1, batch_size=4)
     assert again is not None
-    assert (again.done, again.batch_size, again.version) == (1, 2, first.version)
-    assert await batch_texts(redis, again, again.done) == ["t", "t"]
+    assert (again.done, again.batch_size, again.version) == ({0}, 2, first.version)
+    assert again.pending == [1, 2]
+    assert await batch_texts(redis, again, again.pending[0]) == ["t", "t"]
 
 
 async def test_commit_after_a_load_raises_corpus_changed(redis: Redis, store: VectorStore) -> None:
@@ -257,7 +260,7 @@ async def test_commit_after_a_load_raises_corpus_changed(redis: Redis, store: Ve
         await store_batch(redis, store, build, 1, [[3.0]])
     restarted = await start_build(redis, "docs", model="m", revision="r1", created=1, batch_size=2)
     assert restarted is not None
-    assert (restarted.done, restarted.version) == (0, build.version + 1)
+    assert (restarted.done, restarted.version) == (frozenset(), build.version + 1)
     assert restarted.slot != build.slot
     assert await store.count(restarted.slot) == 0
 
@@ -276,7 +279,7 @@ async def test_flip_refuses_while_the_store_lacks_vectors_and_restarts_the_build
         await complete_build(redis, store, build, created=1)
     assert await active_slot(redis, "docs") is None
     again = await start_build(redis, "docs", model="m", revision="r1", created=1, batch_size=2)
-    assert again is not None and again.done == 0
+    assert again is not None and again.done == frozenset()
 
 
 async def test_start_build_skips_active_revision_other_model_and_older_event(redis: Redis, store: VectorStore) -> None:
@@ -337,3 +340,23 @@ async def test_collection_state_shows_model_active_revision_and_build_progress(
     state = await collection_state(redis, "docs")
     assert (state.model, state.revision, state.documents, state.version) == ("m", "r1", 5, 1)
     assert state.builds == {"r2": {"version": 1, "batch_size": 2, "batches_done": 1, "batches": 3}}
+
+
+async def test_batches_may_finish_in_any_order_and_a_restart_runs_only_the_missing_ones(
+    redis: Redis, store: VectorStore
+) -> None:
+    """Batches stored out of order are all remembered; a resumed build has exactly the others left to do."""
+    await load_corpus(redis, lines(*((str(i), "t") for i in range(9))), collection="docs", model="m")
+    build = await start_build(redis, "docs", model="m", revision="r1", created=1, batch_size=2)
+    assert build is not None and len(build.batches) == 5
+    for index in (3, 0, 4):
+        assert await store_batch(redis, store, build, index, [[1.0]] * len(build.batches[index]))
+    assert not await commit_batch(redis, build, 3)
+    again = await start_build(redis, "docs", model="m", revision="r1", created=1, batch_size=2)
+    assert again is not None
+    assert (again.done, again.pending) == ({0, 3, 4}, [1, 2])
+    state = await collection_state(redis, "docs")
+    assert state.builds["r1"]["batches_done"] == 3
+    with pytest.raises(CorpusChanged, match="3 of 5 batches"):
+        await complete_build(redis, store, again, created=1)
+    assert await done_batches(redis, "docs", "r1") == {0, 3, 4}  # kept: the next attempt does 1 and 2

@@ -47,7 +47,8 @@ class Runner:
             RUNINFRA_EMBED_BATCH_SIZE=2,
             RUNINFRA_GATEWAY_MAX_ATTEMPTS=1,
             RUNINFRA_VECTOR_STORE=self.store_url,
-            **env,
+            # One batch at a time, so tests can count calls in order; the concurrency tests set more.
+            **{"RUNINFRA_EMBED_CONCURRENCY": 1, **env},
         )
 
         async def record(request_id: str) -> None:
@@ -176,7 +177,7 @@ async def test_resumes_after_failed_batch_calling_only_remaining_batches(runner:
     runner.stub.set_faults(route="/v1/embeddings", script=[200, 200, 503])
     with pytest.raises(GatewayTransientError):
         await runner.run(event)
-    assert await redis.get(keys.corpus_progress("kb", "rev_0001")) == b"2"
+    assert await corpus.done_batches(redis, "kb", "rev_0001") == {0, 1}
 
     await runner.run(event)
     inputs = [c["body"]["input"][0] for c in runner.embed_calls()]
@@ -315,7 +316,7 @@ async def test_build_resumes_after_a_crash_at_any_batch_charging_each_batch_once
     with pytest.raises(ConnectionError):
         await runner.run(event)
     assert await active_slot(redis, "kb") is None
-    assert await redis.get(keys.corpus_progress("kb", "rev_0001")) == (str(crash_at).encode() if crash_at else None)
+    assert await corpus.done_batches(redis, "kb", "rev_0001") == set(range(crash_at))
     monkeypatch.setattr(embeddings, "store_batch", real_store)
     await runner.run(event)
 
@@ -368,3 +369,31 @@ def test_worker_reembeds_a_loaded_corpus_and_search_finds_each_document_by_its_o
     rows = [json.loads(line) for line in exported.stdout.splitlines()]
     assert [r["id"] for r in rows] == [f"d{i}" for i in range(40)]
     assert {(r["model"], r["revision"], len(r["embedding"])) for r in rows} == {(MODEL, "rev_0001", 8)}
+
+
+async def test_batches_in_flight_at_once_each_charge_once_and_a_failure_stops_the_rest(
+    runner: Runner, redis: Redis
+) -> None:
+    """With 4 batches in flight, a failing batch ends the attempt with its own error; the retry runs only the
+    batches not done, and every batch is charged once."""
+    await load_corpus(redis, docs(20), collection="kb", model=MODEL)
+    event = ready()
+    runner.stub.set_faults(route="/v1/embeddings", script=[200, 200, 200, 503])
+    with pytest.raises(GatewayTransientError):
+        await runner.run(event, RUNINFRA_EMBED_CONCURRENCY=4)
+    done = await corpus.done_batches(redis, "kb", "rev_0001")
+    assert 0 < len(done) < 10
+    await runner.run(event, RUNINFRA_EMBED_CONCURRENCY=4)
+    charges = runner.stub.charges()
+    assert charges["total"] == 10 and set(charges["by_key"].values()) == {1}
+    assert [r["id"] for r in await runner.exported("kb")] == [f"d{i}" for i in range(20)]
+
+
+async def test_a_permanent_failure_of_one_batch_among_several_stays_permanent(runner: Runner, redis: Redis) -> None:
+    """A 422 on one of several concurrent batches dead-letters the event (its error is not wrapped away)."""
+    await load_corpus(redis, docs(12), collection="kb", model=MODEL)
+    runner.stub.set_faults(route="/v1/embeddings", script=[200, 422])
+    with pytest.raises(Exception) as caught:
+        await runner.run(ready(), RUNINFRA_EMBED_CONCURRENCY=3)
+    assert not isinstance(caught.value, BaseExceptionGroup)
+    assert getattr(caught.value, "status", None) == 422

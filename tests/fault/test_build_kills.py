@@ -41,7 +41,8 @@ def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def progress(db: sync_redis.Redis) -> int:
-    return int(db.get(keys.corpus_progress("kb", REVISION)) or 0)
+    """How many batches are done (a bitmap: batches may finish out of order)."""
+    return int(db.bitcount(keys.corpus_progress("kb", REVISION)))
 
 
 def flipped(db: sync_redis.Redis) -> bool:
