@@ -65,6 +65,7 @@ __all__ = [
     "active_slot",
     "batch_texts",
     "check_collection",
+    "collection_names",
     "collection_state",
     "collections_for_model",
     "commit_batch",
@@ -284,6 +285,14 @@ async def collections_for_model(redis: Redis, model: str, *, via: Coalescer | No
     key = keys.corpora_by_model(model)
     members = await (via.command("SMEMBERS", key) if via is not None else redis.smembers(key))  # type: ignore[misc]
     return sorted(m.decode() for m in members)
+
+
+async def collection_names(redis: Redis) -> list[str]:
+    """Every loaded collection, sorted (the union of the per-model sets; a SCAN, for operators not jobs)."""
+    names: set[str] = set()
+    async for key in redis.scan_iter(match=keys.corpora_by_model("*"), count=500):
+        names.update(m.decode() for m in await redis.smembers(key))  # type: ignore[misc]
+    return sorted(names)
 
 
 async def _meta(redis: Redis, collection: str) -> dict[str, str]:

@@ -14,6 +14,7 @@ from runinfra_webhooks.handlers.corpus import (
     CorpusError,
     active_slot,
     batch_texts,
+    collection_names,
     collection_state,
     collections_for_model,
     commit_batch,
@@ -360,3 +361,11 @@ async def test_batches_may_finish_in_any_order_and_a_restart_runs_only_the_missi
     with pytest.raises(CorpusChanged, match="3 of 5 batches"):
         await complete_build(redis, store, again, created=1)
     assert await done_batches(redis, "docs", "r1") == {0, 3, 4}  # kept: the next attempt does 1 and 2
+
+
+async def test_collection_names_lists_every_loaded_collection_once(redis: Redis) -> None:
+    """The operator's list of collections covers every model's, sorted, without repeats after a rebind."""
+    await load_corpus(redis, lines(("a", "t")), collection="zeta", model="m1")
+    await load_corpus(redis, lines(("a", "t")), collection="alpha", model="m2")
+    await load_corpus(redis, lines(("a", "t")), collection="zeta", model="m2")
+    assert await collection_names(redis) == ["alpha", "zeta"]

@@ -115,7 +115,8 @@ def corpus_vector_slots(collection: str) -> str:
 
 
 def corpus_progress(collection: str, revision: str) -> str:
-    """String: number of batches finished for that revision (resume point)."""
+    """String used as a bitmap: bit i is set once batch i of that revision's build is stored (the resume
+    point; batches may finish in any order). Deleted when the build flips or is cancelled by a load."""
     return f"{PREFIX}corpus:{collection}:progress:{revision}"
 
 
