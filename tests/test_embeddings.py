@@ -397,3 +397,26 @@ async def test_a_permanent_failure_of_one_batch_among_several_stays_permanent(ru
         await runner.run(ready(), RUNINFRA_EMBED_CONCURRENCY=3)
     assert not isinstance(caught.value, BaseExceptionGroup)
     assert getattr(caught.value, "status", None) == 422
+
+
+async def test_emulator_embeddings_are_a_function_of_model_and_text_with_the_configured_dimension() -> None:
+    """The emulator gives the same unit vector for the same model and text, of the length it was started with,
+    so a search for a document's own text finds its stored vector exactly."""
+    from runinfra_webhooks.service.devtools.gateway_stub import create_stub_app
+
+    app = create_stub_app(api_key=None, dimensions=1024)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://stub") as client:
+
+        async def embed(model: str, texts: list[str]) -> list[list[float]]:
+            response = await client.post("/v1/embeddings", json={"model": model, "input": texts})
+            assert response.status_code == 200
+            return [item["embedding"] for item in response.json()["data"]]
+
+        first, other = await embed(MODEL, ["tea", "owls"])
+        (again,) = await embed(MODEL, ["tea"])
+        (other_model,) = await embed("another-model", ["tea"])
+    assert len(first) == 1024 and first == again
+    assert first != other and first != other_model
+    assert sum(x * x for x in first) == pytest.approx(1.0, abs=1e-4)
+    with pytest.raises(ValueError, match="dimensions"):
+        create_stub_app(dimensions=0)
