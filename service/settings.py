@@ -15,6 +15,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from runinfra_webhooks.service.core.route_limits import parse_concurrency, parse_rate_limits
 from runinfra_webhooks.service.storage.redis_url import parse_redis_url
+from runinfra_webhooks.service.storage.vectors.url import parse_store_url
 
 __all__ = [
     "ConfigError",
@@ -55,12 +56,23 @@ class StoreSettings(_FromEnvironment):
     handler_modules: Annotated[tuple[str, ...], NoDecode] = Field((), alias="RUNINFRA_HANDLERS")
     builtin_reactions: Annotated[tuple[str, ...], NoDecode] = Field(
         ("registry", "embeddings", "followup"), alias="RUNINFRA_BUILTIN_REACTIONS")
+    # Where re-embedded vectors live: the worker writes them, `corpus` reads and drops them.
+    vector_store: str = Field("redis", alias="RUNINFRA_VECTOR_STORE")
+    qdrant_api_key: SecretStr | None = Field(None, alias="RUNINFRA_QDRANT_API_KEY")
+    qdrant_lock_wait: float = Field(10.0, alias="RUNINFRA_QDRANT_LOCK_WAIT", ge=0)
+    qdrant_timeout: float = Field(30.0, alias="RUNINFRA_QDRANT_TIMEOUT", gt=0)
 
     @field_validator("redis_url")
     @classmethod
     def _redis_url(cls, value: str) -> str:
         parse_redis_url(value)  # RedisUrlError is a ValueError whose message never contains the URL
         return value
+
+    @field_validator("vector_store")
+    @classmethod
+    def _vector_store(cls, value: str) -> str:
+        parse_store_url(value)  # its ValueError never repeats the value
+        return value.strip()
 
     @field_validator("log_level")
     @classmethod
@@ -129,6 +141,7 @@ class WorkerSettings(StoreSettings):
         "Thanks for your message. We heard: {text}", alias="RUNINFRA_FOLLOWUP_TEMPLATE"
     )
     embed_batch_size: int = Field(64, alias="RUNINFRA_EMBED_BATCH_SIZE", gt=0, le=2048)
+    embed_concurrency: int = Field(4, alias="RUNINFRA_EMBED_CONCURRENCY", gt=0, le=64)  # batches in flight
     max_attempts: int = Field(8, alias="RUNINFRA_MAX_ATTEMPTS", gt=0, le=100)
     gateway_max_attempts: int = Field(4, alias="RUNINFRA_GATEWAY_MAX_ATTEMPTS", gt=0, le=20)
     gateway_timeout: float = Field(20.0, alias="RUNINFRA_GATEWAY_TIMEOUT", gt=0)

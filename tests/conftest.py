@@ -14,12 +14,14 @@ from redis.asyncio import Redis
 from runinfra_webhooks.service.core import signature
 from runinfra_webhooks.service.receiver.app import create_app
 from runinfra_webhooks.service.settings import Settings, load_settings
+from runinfra_webhooks.service.storage.vectors import VectorStore, open_vector_store
 
 from tests.builders import OLD_SECRET, SECRET
 from tests.leakwatch import LeakWatch, ScanHandler
 from tests.redis_server import Db, RedisServer, as_db
 from tests.servers import serve_in_thread
 from tests.stubserver import STUB_API_KEY, StubServer, start_gateway_stub
+from tests.vectorstores import STORES, store_url
 
 
 @pytest.fixture(scope="session")
@@ -91,6 +93,20 @@ def stub(stub_server: StubServer) -> StubServer:
     """The module's gateway emulator with no calls, charges or faults left from earlier tests."""
     stub_server.reset()
     return stub_server
+
+
+@pytest.fixture(params=STORES)
+def store_kind(request: pytest.FixtureRequest) -> str:
+    """Each vector store in turn: a test asking for it (or for ``store``) runs once per kind."""
+    kind: str = request.param
+    return kind
+
+
+@pytest.fixture
+async def store(store_kind: str, redis: Redis, tmp_path: Path) -> AsyncIterator[VectorStore]:
+    """An open vector store of each kind: the test's Redis, or Qdrant's embedded mode in tmp_path."""
+    async with open_vector_store(store_url(store_kind, tmp_path), redis) as opened:
+        yield opened
 
 
 # No secret, API key or signature in any log line, for the whole suite (see tests/leakwatch.py).

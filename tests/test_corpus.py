@@ -1,9 +1,10 @@
-"""The corpus store on real Redis: loading, binding, staleness, export, and the build bookkeeping."""
+"""The corpus store on real Redis, with both vector stores: loading, binding, staleness, export, builds."""
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import Any, overload
 
 import pytest
 from redis.asyncio import Redis
@@ -11,16 +12,23 @@ from runinfra_webhooks.handlers.corpus import (
     Build,
     CorpusChanged,
     CorpusError,
+    active_slot,
+    batch_texts,
+    collection_names,
+    collection_state,
     collections_for_model,
     commit_batch,
+    complete_build,
+    done_batches,
     export_corpus,
-    finish_build,
     load_corpus,
     parse_documents,
     split_batches,
     start_build,
+    store_batch,
 )
 from runinfra_webhooks.service.storage import keys
+from runinfra_webhooks.service.storage.vectors import Slot, VectorStore
 
 from tests.redis_server import as_async_db
 
@@ -38,17 +46,21 @@ async def meta_of(redis: Redis, collection: str) -> dict[str, str]:
     return {k.decode(): v.decode() for k, v in raw.items()}
 
 
-async def export(redis: Redis, collection: str) -> list[dict[str, Any]]:
-    return [row async for row in export_corpus(redis, collection)]
+async def export(redis: Redis, store: VectorStore, collection: str) -> list[dict[str, Any]]:
+    return [row async for row in export_corpus(redis, store, collection)]
 
 
-async def embed_fake(redis: Redis, collection: str, *, model: str, revision: str, created: int = 100) -> Build:
-    """Run a whole build with vectors [position, len(text)] instead of a gateway."""
+async def embed_fake(redis: Redis, store: VectorStore, collection: str, *, model: str, revision: str,
+                     created: int = 100) -> Build:
+    """Run a whole build with vectors [position, 1] instead of a gateway."""
     build = await start_build(redis, collection, model=model, revision=revision, created=created, batch_size=2)
     assert build is not None
+    position = 0
     for index, batch in enumerate(build.batches):
-        assert await commit_batch(redis, build, index, [[float(build.ids.index(i)), 1.0] for i in batch])
-    assert await finish_build(redis, build, created=created)
+        vectors = [[float(position + j), 1.0] for j in range(len(batch))]
+        position += len(batch)
+        assert await store_batch(redis, store, build, index, vectors)
+    assert await complete_build(redis, store, build, created=created)
     return build
 
 
@@ -59,6 +71,44 @@ def test_split_batches_cuts_in_order_with_short_last_batch() -> None:
     assert split_batches([], 3) == []
     with pytest.raises(ValueError, match="batch size"):
         split_batches(["a"], 0)
+
+
+class CountingIds(Sequence[str]):
+    """A list of ids that counts every id handed out, however it is read."""
+
+    def __init__(self, ids: list[str]) -> None:
+        self._ids, self.touched = ids, 0
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[str]: ...
+    def __getitem__(self, index: int | slice) -> str | Sequence[str]:
+        got = self._ids[index]
+        self.touched += len(got) if isinstance(index, slice) else 1
+        return got
+
+    def __iter__(self) -> Iterator[str]:
+        for i in self._ids:
+            self.touched += 1
+            yield i
+
+
+def test_build_cuts_ids_once_so_each_batch_costs_only_its_own_ids() -> None:
+    """Making a build reads every id once; reaching each batch afterwards reads no id of the corpus again."""
+    ids = CountingIds([f"d{i}" for i in range(10_000)])
+    build = Build.cut("docs", "m", "r1", 1, 64, ids)
+    after_cut = ids.touched
+    assert after_cut <= 2 * len(ids)
+    total = 0
+    for index in range(len(build.batches)):  # what a build does per batch: its ids, its count
+        total += len(build.batches[index])
+        assert build.documents == len(ids)
+    assert total == len(ids)
+    assert ids.touched == after_cut  # no batch re-reads the corpus: the build is linear in its size
 
 
 def test_parse_documents_keeps_first_place_and_last_text_of_repeated_id() -> None:
@@ -87,7 +137,7 @@ async def test_load_rejects_bad_line_with_its_number_and_writes_nothing(redis: R
     assert await redis.keys("*") == []
 
 
-@pytest.mark.parametrize("name", ["", "a:ids", "with space", "x" * 129, "slash/y"])
+@pytest.mark.parametrize("name", ["", "a:ids", "with space", "x" * 129, "slash/y", "at@sign"])
 async def test_load_rejects_collection_name_that_could_reach_other_keys(redis: Redis, name: str) -> None:
     """Collection names outside [A-Za-z0-9._-]{1,128} are refused before anything is written."""
     with pytest.raises(CorpusError, match="collection name"):
@@ -132,121 +182,192 @@ async def test_collections_for_model_are_sorted(redis: Redis) -> None:
     assert await collections_for_model(redis, "unknown") == []
 
 
-async def test_load_marks_embedded_collection_stale_and_drops_its_vectors(redis: Redis) -> None:
-    """After a load the active revision is cleared with its vectors, so export refuses until re-embedded."""
+async def test_load_marks_embedded_collection_stale_so_old_vectors_are_never_read(
+    redis: Redis, store: VectorStore
+) -> None:
+    """After a load the active revision is cleared, so export refuses until re-embedded; prune frees the slot."""
     await load_corpus(redis, lines(("a", "t"), ("b", "u")), collection="docs", model="m")
-    await embed_fake(redis, "docs", model="m", revision="r1")
-    assert len(await export(redis, "docs")) == 2
+    build = await embed_fake(redis, store, "docs", model="m", revision="r1")
+    assert len(await export(redis, store, "docs")) == 2
 
     await load_corpus(redis, lines(("c", "v")), collection="docs", model="m")
     meta = await meta_of(redis, "docs")
     assert "revision" not in meta
     assert meta["version"] == "2"
-    assert not await redis.exists(keys.corpus_vectors("docs", "r1"))
+    assert await active_slot(redis, "docs") is None
     with pytest.raises(CorpusError, match="no embedded revision"):
-        await export(redis, "docs")
+        await export(redis, store, "docs")
+    await store.prune("docs", keep=())
+    assert await store.count(build.slot) == 0
 
 
 # --- export ------------------------------------------------------------------------------------------
-async def test_export_yields_active_revision_rows_in_load_order(redis: Redis) -> None:
-    """Export gives id, model, revision and embedding per document, in load order."""
+async def test_export_yields_active_revision_rows_in_load_order(redis: Redis, store: VectorStore) -> None:
+    """Export gives id, model, revision and embedding per document, in load order, from either store."""
     await load_corpus(redis, lines(("b", "bee"), ("a", "ay"), ("c", "see")), collection="docs", model="m")
-    await embed_fake(redis, "docs", model="m", revision="r1")
-    assert await export(redis, "docs") == [
-        {"id": "b", "model": "m", "revision": "r1", "embedding": [0.0, 1.0]},
-        {"id": "a", "model": "m", "revision": "r1", "embedding": [1.0, 1.0]},
-        {"id": "c", "model": "m", "revision": "r1", "embedding": [2.0, 1.0]},
-    ]
+    await embed_fake(redis, store, "docs", model="m", revision="r1")
+    rows = await export(redis, store, "docs")
+    assert [(r["id"], r["model"], r["revision"]) for r in rows] == [("b", "m", "r1"), ("a", "m", "r1"),
+                                                                    ("c", "m", "r1")]
+    assert [r["embedding"] for r in rows] == [pytest.approx(v, rel=1e-6) for v in ([0, 1], [1, 1], [2, 1])]
 
 
-async def test_export_of_unknown_collection_raises(redis: Redis) -> None:
+async def test_export_of_unknown_collection_raises(redis: Redis, store: VectorStore) -> None:
     """Exporting a collection that was never loaded is a CorpusError."""
     with pytest.raises(CorpusError, match="does not exist"):
-        await export(redis, "nope")
+        await export(redis, store, "nope")
 
 
-async def test_export_before_first_embedding_raises(redis: Redis) -> None:
+async def test_export_before_first_embedding_raises(redis: Redis, store: VectorStore) -> None:
     """A loaded but never embedded collection has nothing to export."""
     await load_corpus(redis, lines(("a", "t")), collection="docs", model="m")
     with pytest.raises(CorpusError, match="no embedded revision"):
-        await export(redis, "docs")
+        await export(redis, store, "docs")
 
 
 # --- builds ------------------------------------------------------------------------------------------
-async def test_commit_of_stored_batch_is_a_no_op(redis: Redis) -> None:
-    """Committing a batch a second time changes nothing and says so."""
+async def test_storing_a_committed_batch_again_changes_progress_not(redis: Redis, store: VectorStore) -> None:
+    """Storing a batch a second time (a retried job) rewrites its vectors, keeps progress, and says so."""
     await load_corpus(redis, lines(("a", "t"), ("b", "u"), ("c", "v")), collection="docs", model="m")
     build = await start_build(redis, "docs", model="m", revision="r1", created=1, batch_size=2)
     assert build is not None
-    assert await commit_batch(redis, build, 0, [[1.0], [2.0]])
-    assert not await commit_batch(redis, build, 0, [[9.0], [9.0]])
-    assert await as_async_db(redis).hget(keys.corpus_vectors("docs", "r1"), "a") == b"[1.0]"
-    assert await redis.get(keys.corpus_progress("docs", "r1")) == b"1"
+    assert await store_batch(redis, store, build, 0, [[1.0, 0.0], [0.0, 1.0]])
+    assert not await store_batch(redis, store, build, 0, [[1.0, 0.0], [0.0, 1.0]])
+    assert await store.count(build.slot) == 2
+    assert await store.vectors(build.slot, ["a", "c"]) == [pytest.approx([1.0, 0.0]), None]
+    assert await done_batches(redis, "docs", "r1") == {0}
 
 
-async def test_restarted_build_resumes_at_progress_with_pinned_batch_size(redis: Redis) -> None:
+async def test_restarted_build_resumes_at_progress_with_pinned_batch_size(redis: Redis, store: VectorStore) -> None:
     """A build started again resumes after the finished batches, with the batch size it began with."""
     await load_corpus(redis, lines(*((str(i), "t") for i in range(5))), collection="docs", model="m")
     first = await start_build(redis, "docs", model="m", revision="r1", created=1, batch_size=2)
     assert first is not None
-    await commit_batch(redis, first, 0, [[1.0], [1.0]])
+    await store_batch(redis, store, first, 0, [[1.0], [1.0]])
     again = await start_build(redis, "docs", model="m", revision="r1", created=1, batch_size=4)
     assert again is not None
-    assert (again.done, again.batch_size, again.version) == (1, 2, first.version)
+    assert (again.done, again.batch_size, again.version) == ({0}, 2, first.version)
+    assert again.pending == [1, 2]
+    assert await batch_texts(redis, again, again.pending[0]) == ["t", "t"]
 
 
-async def test_commit_after_a_load_raises_corpus_changed(redis: Redis) -> None:
-    """A load during a build cancels it: its next commit raises CorpusChanged and its progress is gone."""
+async def test_commit_after_a_load_raises_corpus_changed(redis: Redis, store: VectorStore) -> None:
+    """A load during a build cancels it: its next commit raises CorpusChanged, in a slot the next build never reads."""
     await load_corpus(redis, lines(("a", "t"), ("b", "u"), ("c", "v")), collection="docs", model="m")
     build = await start_build(redis, "docs", model="m", revision="r1", created=1, batch_size=2)
     assert build is not None
-    await commit_batch(redis, build, 0, [[1.0], [2.0]])
+    await store_batch(redis, store, build, 0, [[1.0], [2.0]])
     await load_corpus(redis, lines(("a", "changed")), collection="docs", model="m")
-    assert not await redis.exists(keys.corpus_progress("docs", "r1"), keys.corpus_vectors("docs", "r1"))
+    assert not await redis.exists(keys.corpus_progress("docs", "r1"))
     with pytest.raises(CorpusChanged):
-        await commit_batch(redis, build, 1, [[3.0]])
+        await store_batch(redis, store, build, 1, [[3.0]])
     restarted = await start_build(redis, "docs", model="m", revision="r1", created=1, batch_size=2)
     assert restarted is not None
-    assert (restarted.done, restarted.version) == (0, build.version + 1)
+    assert (restarted.done, restarted.version) == (frozenset(), build.version + 1)
+    assert restarted.slot != build.slot
+    assert await store.count(restarted.slot) == 0
 
 
-async def test_start_build_skips_active_revision_other_model_and_older_event(redis: Redis) -> None:
+async def test_flip_refuses_while_the_store_lacks_vectors_and_restarts_the_build(
+    redis: Redis, store: VectorStore
+) -> None:
+    """A slot that lost vectors (dropped under a running build) does not flip: the build goes back to batch 0."""
+    await load_corpus(redis, lines(("a", "t"), ("b", "u"), ("c", "v")), collection="docs", model="m")
+    build = await start_build(redis, "docs", model="m", revision="r1", created=1, batch_size=2)
+    assert build is not None
+    await store_batch(redis, store, build, 0, [[1.0], [2.0]])
+    await store.drop(build.slot)
+    await store_batch(redis, store, build, 1, [[3.0]])
+    with pytest.raises(CorpusChanged, match="holds 1 of 3"):
+        await complete_build(redis, store, build, created=1)
+    assert await active_slot(redis, "docs") is None
+    again = await start_build(redis, "docs", model="m", revision="r1", created=1, batch_size=2)
+    assert again is not None and again.done == frozenset()
+
+
+async def test_start_build_skips_active_revision_other_model_and_older_event(redis: Redis, store: VectorStore) -> None:
     """Nothing to build at the active revision, for another model, or for an event older than the active one."""
     await load_corpus(redis, lines(("a", "t")), collection="docs", model="m")
-    await embed_fake(redis, "docs", model="m", revision="r2", created=200)
+    await embed_fake(redis, store, "docs", model="m", revision="r2", created=200)
     assert await start_build(redis, "docs", model="m", revision="r2", created=200, batch_size=2) is None
     assert await start_build(redis, "docs", model="other", revision="r3", created=300, batch_size=2) is None
     assert await start_build(redis, "docs", model="m", revision="r1", created=100, batch_size=2) is None
     assert await start_build(redis, "docs", model="m", revision="r3", created=300, batch_size=2) is not None
 
 
-async def test_finish_of_build_overtaken_by_newer_revision_drops_it(redis: Redis) -> None:
+async def test_finish_of_build_overtaken_by_newer_revision_drops_it(redis: Redis, store: VectorStore) -> None:
     """A build that ends after a newer event's revision became active does not flip back and frees its vectors."""
     await load_corpus(redis, lines(("a", "t")), collection="docs", model="m")
     old = await start_build(redis, "docs", model="m", revision="r1", created=100, batch_size=2)
     assert old is not None
-    await commit_batch(redis, old, 0, [[1.0]])
-    await embed_fake(redis, "docs", model="m", revision="r2", created=200)
-    assert not await finish_build(redis, old, created=100)
+    await store_batch(redis, store, old, 0, [[1.0]])
+    await embed_fake(redis, store, "docs", model="m", revision="r2", created=200)
+    assert not await complete_build(redis, store, old, created=100)
     assert (await meta_of(redis, "docs"))["revision"] == "r2"
-    assert not await redis.exists(keys.corpus_vectors("docs", "r1"), keys.corpus_progress("docs", "r1"))
-    assert [r["revision"] for r in await export(redis, "docs")] == ["r2"]
+    assert not await redis.exists(keys.corpus_progress("docs", "r1"))
+    assert await store.count(old.slot) == 0
+    assert [r["revision"] for r in await export(redis, store, "docs")] == ["r2"]
 
 
-async def test_flip_drops_previous_revision_vectors_and_progress(redis: Redis) -> None:
-    """Activating a new revision deletes the previous revision's vectors and the finished progress key."""
+async def test_flip_drops_previous_revision_vectors_and_progress(redis: Redis, store: VectorStore) -> None:
+    """Activating a new revision drops the previous revision's slot and the finished progress key."""
     await load_corpus(redis, lines(("a", "t")), collection="docs", model="m")
-    await embed_fake(redis, "docs", model="m", revision="r1", created=100)
-    await embed_fake(redis, "docs", model="m", revision="r2", created=200)
-    assert not await redis.exists(keys.corpus_vectors("docs", "r1"), keys.corpus_progress("docs", "r2"))
+    first = await embed_fake(redis, store, "docs", model="m", revision="r1", created=100)
+    second = await embed_fake(redis, store, "docs", model="m", revision="r2", created=200)
+    assert await store.count(first.slot) == 0
+    assert await store.count(second.slot) == 1
+    assert not await redis.exists(keys.corpus_progress("docs", "r2"))
     meta = await meta_of(redis, "docs")
     assert (meta["revision"], meta["created"]) == ("r2", "200")
     assert not [field for field in meta if field.startswith("build:")]
+    assert await active_slot(redis, "docs") == Slot("docs", "r2", 1)
 
 
-async def test_rebound_collection_forgets_old_model_event_order(redis: Redis) -> None:
+async def test_rebound_collection_forgets_old_model_event_order(redis: Redis, store: VectorStore) -> None:
     """After a rebind, the new model's first event embeds even if older than the old model's last one."""
     await load_corpus(redis, lines(("a", "t")), collection="docs", model="m1")
-    await embed_fake(redis, "docs", model="m1", revision="r9", created=500)
+    await embed_fake(redis, store, "docs", model="m1", revision="r9", created=500)
     await load_corpus(redis, lines(("a", "t")), collection="docs", model="m2")
     assert await start_build(redis, "docs", model="m2", revision="r1", created=100, batch_size=2) is not None
+
+
+async def test_collection_state_shows_model_active_revision_and_build_progress(
+    redis: Redis, store: VectorStore
+) -> None:
+    """The operator's view of a collection: bound model, active revision, and batches done of a build."""
+    await load_corpus(redis, lines(*((str(i), "t") for i in range(5))), collection="docs", model="m")
+    await embed_fake(redis, store, "docs", model="m", revision="r1", created=100)
+    build = await start_build(redis, "docs", model="m", revision="r2", created=200, batch_size=2)
+    assert build is not None
+    await store_batch(redis, store, build, 0, [[1.0], [1.0]])
+    state = await collection_state(redis, "docs")
+    assert (state.model, state.revision, state.documents, state.version) == ("m", "r1", 5, 1)
+    assert state.builds == {"r2": {"version": 1, "batch_size": 2, "batches_done": 1, "batches": 3}}
+
+
+async def test_batches_may_finish_in_any_order_and_a_restart_runs_only_the_missing_ones(
+    redis: Redis, store: VectorStore
+) -> None:
+    """Batches stored out of order are all remembered; a resumed build has exactly the others left to do."""
+    await load_corpus(redis, lines(*((str(i), "t") for i in range(9))), collection="docs", model="m")
+    build = await start_build(redis, "docs", model="m", revision="r1", created=1, batch_size=2)
+    assert build is not None and len(build.batches) == 5
+    for index in (3, 0, 4):
+        assert await store_batch(redis, store, build, index, [[1.0]] * len(build.batches[index]))
+    assert not await commit_batch(redis, build, 3)
+    again = await start_build(redis, "docs", model="m", revision="r1", created=1, batch_size=2)
+    assert again is not None
+    assert (again.done, again.pending) == ({0, 3, 4}, [1, 2])
+    state = await collection_state(redis, "docs")
+    assert state.builds["r1"]["batches_done"] == 3
+    with pytest.raises(CorpusChanged, match="3 of 5 batches"):
+        await complete_build(redis, store, again, created=1)
+    assert await done_batches(redis, "docs", "r1") == {0, 3, 4}  # kept: the next attempt does 1 and 2
+
+
+async def test_collection_names_lists_every_loaded_collection_once(redis: Redis) -> None:
+    """The operator's list of collections covers every model's, sorted, without repeats after a rebind."""
+    await load_corpus(redis, lines(("a", "t")), collection="zeta", model="m1")
+    await load_corpus(redis, lines(("a", "t")), collection="alpha", model="m2")
+    await load_corpus(redis, lines(("a", "t")), collection="zeta", model="m2")
+    assert await collection_names(redis) == ["alpha", "zeta"]

@@ -238,7 +238,7 @@ def test_a_corpus_too_large_for_one_attempt_is_finished_over_several(
     """Attempts that commit batches before timing out do not count towards the attempt limit."""
     with start_gateway_stub(latency=0.25) as slow:
         env = stack_env(redis_url, slow.base_url, tmp_path / "artifacts", RUNINFRA_JOB_TIMEOUT="1",
-                        RUNINFRA_MAX_ATTEMPTS="2", RUNINFRA_EMBED_BATCH_SIZE="1")
+                        RUNINFRA_MAX_ATTEMPTS="2", RUNINFRA_EMBED_BATCH_SIZE="1", RUNINFRA_EMBED_CONCURRENCY="1")
         docs = tmp_path / "docs.jsonl"
         docs.write_text("".join(json.dumps({"id": f"d{i}", "text": f"doc {i}"}) + "\n" for i in range(12)))
         assert cli(env, "corpus", "load", str(docs), "--collection", "big", "--model", "bge-m3").returncode == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import time
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import httpx
+import structlog
 from redis.asyncio import Redis
 from runinfra_webhooks.handlers.registry import Registry
 from runinfra_webhooks.service.core.audit import verify_entries
@@ -35,8 +37,8 @@ from runinfra_webhooks.service.storage.records import EventRecord, Records, Repl
 from runinfra_webhooks.service.tracing import Tracing, setup_tracing
 
 __all__ = [
-    "audit_export", "audit_verify", "console", "corpus_export", "corpus_load", "dead_letter_list", "deployments",
-    "events_show", "list_handlers", "pause", "replay", "resume", "send", "serve", "worker",
+    "audit_export", "audit_verify", "console", "corpus_export", "corpus_load", "corpus_search", "dead_letter_list",
+    "deployments", "events_show", "list_handlers", "pause", "replay", "resume", "send", "serve", "worker",
 ]
 
 
@@ -297,8 +299,19 @@ def list_handlers(registry: Registry, *, as_json: bool) -> int:
 
 
 # --- corpus --------------------------------------------------------------------------------------
+@asynccontextmanager
+async def _vector_store(settings: StoreSettings, redis: Redis) -> AsyncIterator[Any]:
+    from runinfra_webhooks.service.storage.vectors import open_vector_store
+
+    key = settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key is not None else None
+    async with open_vector_store(settings.vector_store, redis, qdrant_api_key=key,
+                                 lock_wait=settings.qdrant_lock_wait, timeout=settings.qdrant_timeout) as store:
+        yield store
+
+
 async def corpus_load(settings: StoreSettings, file: str, collection: str, model: str) -> int:
     from runinfra_webhooks.handlers.corpus import CorpusError, load_corpus
+    from runinfra_webhooks.service.storage.vectors import VectorStoreError
 
     try:
         lines = Path(file).read_text(encoding="utf-8").splitlines()
@@ -311,20 +324,70 @@ async def corpus_load(settings: StoreSettings, file: str, collection: str, model
         except CorpusError as exc:
             _err(f"{file}: {exc}")
             return 1
-    _err(f"loaded {count} document(s) into {collection!r} bound to model {model!r}")
+        _err(f"loaded {count} document(s) into {collection!r} bound to model {model!r}")
+        # The old vectors are stale now (nothing reads them again); dropping them is housekeeping that the
+        # next flip also does, so a store that cannot be reached now does not fail the load.
+        try:
+            async with _vector_store(settings, redis) as store:
+                await store.prune(collection, keep=())
+        except VectorStoreError as exc:
+            _err(f"note: the previous vectors stay until the next re-embedding ({exc})")
     return 0
 
 
 async def corpus_export(settings: StoreSettings, collection: str) -> int:
     from runinfra_webhooks.handlers.corpus import CorpusError, export_corpus
+    from runinfra_webhooks.service.storage.vectors import VectorStoreError
 
     async with _redis(settings) as redis:
         try:
-            async for row in export_corpus(redis, collection):
-                _json(row)
-        except CorpusError as exc:
+            async with _vector_store(settings, redis) as store:
+                async for row in export_corpus(redis, store, collection):
+                    _json(row)
+        except (CorpusError, VectorStoreError) as exc:
             _err(str(exc))
             return 1
+    return 0
+
+
+async def corpus_search(settings: WorkerSettings, text: str, collection: str, k: int) -> int:
+    """Embed ``text`` with the collection's model through the gateway; the ``k`` nearest documents."""
+    from runinfra_webhooks.handlers.corpus import CorpusError, search_corpus
+    from runinfra_webhooks.handlers.embeddings import ROUTE, parse_embeddings
+    from runinfra_webhooks.handlers.errors import PermanentError
+    from runinfra_webhooks.service.gateway.client import GatewayClient, GatewayError, idempotency_key
+    from runinfra_webhooks.service.storage.vectors import VectorStoreError
+
+    if k < 1:
+        _err(f"-k must be >= 1, got {k}")
+        return 2
+    if not text.strip():
+        _err("TEXT must not be empty")
+        return 2
+    if settings.api_key is None:
+        _err("RUNINFRA_API_KEY is not set: the query is embedded through the gateway")
+        return 1
+    # stdout carries the hits as JSON lines: the gateway client's call log goes to stderr, warnings only.
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+                        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    gateway = GatewayClient.from_settings(settings)
+
+    async def embed(model: str) -> list[float]:
+        # Every search is its own logical call: a new key, reused only by the client's own retries.
+        key = idempotency_key(f"search-{uuid.uuid4()}", "search", 0, 0)
+        response = await gateway.post(ROUTE, {"model": model, "input": [text]}, idempotency_key=key)
+        return parse_embeddings(response.json(), 1)[0]
+
+    try:
+        async with _redis(settings) as redis, _vector_store(settings, redis) as store:
+            hits = await search_corpus(redis, store, collection, embed, text, k=k)
+    except (CorpusError, VectorStoreError, GatewayError, PermanentError) as exc:
+        _err(str(exc))
+        return 1
+    finally:
+        await gateway.aclose()
+    for hit in hits:
+        _json({"id": hit.id, "score": round(hit.score, 6)})
     return 0
 
 

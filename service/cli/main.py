@@ -63,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     stub.add_argument("--port", type=int, default=8090)
     stub.add_argument("--latency", type=float, default=0.0, help="seconds added to every call")
     stub.add_argument("--api-key", default=None, help="bearer key to require (default: RUNINFRA_API_KEY or none)")
+    stub.add_argument("--dimensions", type=int, default=8, help="length of every embedding (default 8)")
 
     send = sub.add_parser("send", help="sign an example event of TYPE with the configured secret and POST it")
     send.add_argument("type", choices=EVENT_TYPES, metavar="TYPE")
@@ -87,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--model", required=True)
     export = corpus_sub.add_parser("export", help='JSON lines {"id","model","revision","embedding"}')
     export.add_argument("--collection", required=True)
+    search = corpus_sub.add_parser("search", help='JSON lines {"id","score"} nearest TEXT, nearest first')
+    search.add_argument("text", metavar="TEXT")
+    search.add_argument("--collection", required=True)
+    search.add_argument("-k", type=int, default=5, help="how many documents (default 5)")
 
     dead = sub.add_parser("dead-letter", help="parked events")
     dead_sub = dead.add_subparsers(dest="dead_command", required=True, metavar="SUBCOMMAND")
@@ -160,7 +165,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         from runinfra_webhooks.service.devtools.gateway_stub import run_stub
 
         run_stub(args.host, args.port, api_key=args.api_key or os.environ.get("RUNINFRA_API_KEY"),
-                 latency=args.latency)
+                 latency=args.latency, dimensions=args.dimensions)
         return 0
     if args.command == "dev":
         return dev.run_dev(port=args.port, stub_port=args.stub_port, redis_url=args.redis_url,
@@ -187,6 +192,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.audit_command == "verify":
             return asyncio.run(commands.audit_verify(audit, args.file, args.anchor, args.archive))
         return asyncio.run(commands.audit_export(audit, args.out))
+
+    if args.command == "corpus" and args.corpus_command == "search":  # embeds the query through the gateway
+        search = load_settings(WorkerSettings, **{k: v for k, v in dev_settings.items() if k == "REDIS_URL"})
+        return asyncio.run(commands.corpus_search(search, args.text, args.collection, args.k))
 
     # The rest only read or change stored state: Redis, no secret.
     store = load_settings(StoreSettings, **{k: v for k, v in dev_settings.items() if k == "REDIS_URL"})

@@ -99,7 +99,17 @@ def _str_field(payload: dict[str, Any], name: str) -> str:
     return value
 
 
-def _embeddings(payload: dict[str, Any]) -> StoredResponse:
+def _embeddings_of(dimensions: int) -> Builder:
+    """The embeddings builder: one unit vector of ``dimensions`` per input, a function of model and text only,
+    so a text embedded again (a search for it) gets exactly its stored vector."""
+
+    def build(payload: dict[str, Any]) -> StoredResponse:
+        return _embeddings(payload, dimensions)
+
+    return build
+
+
+def _embeddings(payload: dict[str, Any], dimensions: int = _EMBEDDING_DIMENSIONS) -> StoredResponse:
     model = _str_field(payload, "model")
     texts = payload.get("input")
     if isinstance(texts, str):
@@ -107,7 +117,8 @@ def _embeddings(payload: dict[str, Any]) -> StoredResponse:
     if not isinstance(texts, list) or not texts or not all(isinstance(t, str) and t for t in texts):
         msg = "'input' must be a non-empty string or a non-empty list of non-empty strings"
         raise _Invalid(msg)
-    data = [{"object": "embedding", "index": i, "embedding": _vector(f"{model}\x00{t}")} for i, t in enumerate(texts)]
+    data = [{"object": "embedding", "index": i, "embedding": _vector(f"{model}\x00{t}", dimensions)}
+            for i, t in enumerate(texts)]
     tokens = sum(len(t.split()) or 1 for t in texts)
     body = {
         "object": "list",
@@ -118,9 +129,11 @@ def _embeddings(payload: dict[str, Any]) -> StoredResponse:
     return StoredResponse(200, _json_bytes(body), JSON)
 
 
-def _vector(text: str) -> list[float]:
-    digest = hashlib.sha256(text.encode()).digest()
-    raw = [int.from_bytes(digest[i : i + 2], "big") / 32767.5 - 1.0 for i in range(0, 2 * _EMBEDDING_DIMENSIONS, 2)]
+def _vector(text: str, dimensions: int = _EMBEDDING_DIMENSIONS) -> list[float]:
+    # The default 8 dimensions come from SHA-256 as they always did; more need an extendable-output hash.
+    digest = (hashlib.sha256(text.encode()).digest() if dimensions <= 16
+              else hashlib.shake_256(text.encode()).digest(2 * dimensions))
+    raw = [int.from_bytes(digest[i : i + 2], "big") / 32767.5 - 1.0 for i in range(0, 2 * dimensions, 2)]
     norm = math.sqrt(sum(x * x for x in raw)) or 1.0
     return [round(x / norm, 6) for x in raw]
 
@@ -335,9 +348,13 @@ async def _http_exception(request: Request, exc: Exception) -> Response:
 
 
 def create_stub_app(*, api_key: str | None = "sk-stub", latency: float = 0.0,
-                    middleware: Sequence[Middleware] = ()) -> Starlette:
+                    middleware: Sequence[Middleware] = (), dimensions: int = _EMBEDDING_DIMENSIONS) -> Starlette:
     """The stub as an ASGI app; ``api_key=None`` turns auth off, ``latency`` delays every inference,
-    ``middleware`` wraps it (tracing's server spans, when the OTEL_* variables ask for them)."""
+    ``middleware`` wraps it (tracing's server spans, when the OTEL_* variables ask for them), ``dimensions``
+    is the length of every embedding (1-4096)."""
+    if not 1 <= dimensions <= 4096:
+        msg = f"dimensions must be 1-4096, got {dimensions}"
+        raise ValueError(msg)
     stub = _Stub(api_key, StubState(latency=latency))
 
     @asynccontextmanager
@@ -346,7 +363,7 @@ def create_stub_app(*, api_key: str | None = "sk-stub", latency: float = 0.0,
         await stub.state.cancel_tasks()
 
     routes = [
-        Route("/v1/embeddings", stub.inference(_embeddings), methods=["POST"]),
+        Route("/v1/embeddings", stub.inference(_embeddings_of(dimensions)), methods=["POST"]),
         Route("/v1/chat/completions", stub.inference(_chat), methods=["POST"]),
         Route("/v1/audio/speech", stub.inference(_speech), methods=["POST"]),
         Route("/v1/models", stub.models, methods=["GET"]),
@@ -359,11 +376,12 @@ def create_stub_app(*, api_key: str | None = "sk-stub", latency: float = 0.0,
                      middleware=list(middleware))
 
 
-def run_stub(host: str, port: int, *, api_key: str | None, latency: float) -> None:
+def run_stub(host: str, port: int, *, api_key: str | None, latency: float,
+             dimensions: int = _EMBEDDING_DIMENSIONS) -> None:
     """Serve the stub with uvicorn until interrupted; traced like the service when OTEL_* asks for it."""
     tracing = setup_tracing("gateway-stub", os.environ)
     uvicorn.run(
-        create_stub_app(api_key=api_key, latency=latency, middleware=tracing.middleware()),
+        create_stub_app(api_key=api_key, latency=latency, middleware=tracing.middleware(), dimensions=dimensions),
         host=host,
         port=port,
         ws="none",
@@ -380,8 +398,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=8090)
     parser.add_argument("--latency", type=float, default=0.0, help="seconds each inference takes")
     parser.add_argument("--api-key", default="sk-stub", help="expected bearer key; empty turns auth off")
+    parser.add_argument("--dimensions", type=int, default=_EMBEDDING_DIMENSIONS, help="length of every embedding")
     args = parser.parse_args(argv)
-    run_stub(args.host, args.port, api_key=args.api_key or None, latency=args.latency)
+    run_stub(args.host, args.port, api_key=args.api_key or None, latency=args.latency, dimensions=args.dimensions)
 
 
 if __name__ == "__main__":

@@ -51,6 +51,7 @@ __all__ = [
     "corpus_ids",
     "corpus_meta",
     "corpus_progress",
+    "corpus_vector_slots",
     "corpus_vectors",
     "dedup",
     "deployment",
@@ -169,13 +170,21 @@ def corpus_docs(collection: str) -> str:
     return f"{PREFIX}corpus:{collection}:docs"
 
 
-def corpus_vectors(collection: str, revision: str) -> str:
-    """Hash: document id -> JSON vector, for one model revision."""
-    return f"{PREFIX}corpus:{collection}:vectors:{revision}"
+def corpus_vectors(collection: str, revision: str, version: int) -> str:
+    """Hash: document id -> packed little-endian float32 vector, for one model revision built from one corpus
+    version (the redis vector store). The version comes first: it has no colon, the revision may."""
+    return f"{PREFIX}corpus:{collection}:vectors:{version}:{revision}"
+
+
+def corpus_vector_slots(collection: str) -> str:
+    """Set: ``<version>:<revision>`` of each ``corpus_vectors`` hash of the collection, so leftovers can be
+    dropped without a SCAN."""
+    return f"{PREFIX}corpus:{collection}:vector-slots"
 
 
 def corpus_progress(collection: str, revision: str) -> str:
-    """String: number of batches finished for that revision (resume point)."""
+    """String used as a bitmap: bit i is set once batch i of that revision's build is stored (the resume
+    point; batches may finish in any order). Deleted when the build flips or is cancelled by a load."""
     return f"{PREFIX}corpus:{collection}:progress:{revision}"
 
 
