@@ -22,7 +22,6 @@ import asyncio
 import json
 import resource
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -65,7 +64,8 @@ async def one_build(redis_url: str, base_url: str, store_url: str, n: int, work:
     async def record(request_id: str) -> None:
         return None
 
-    ctx = HandlerContext(settings, redis, "evt_bench", 0, gateway, record)
+    ctx = HandlerContext(event_id="evt_bench", settings=settings, redis=redis, gateway=gateway,
+                         record_request_id=record)
     started = time.perf_counter()
     async with open_vector_store(store_url, redis) as store:
         flipped = await embed_collection(ctx, store, "bench", model=MODEL, revision="rev_bench", created=1)
@@ -179,4 +179,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -246,7 +246,7 @@ async def test_restarted_build_resumes_at_progress_with_pinned_batch_size(redis:
     await store_batch(redis, store, first, 0, [[1.0], [1.0]])
     again = await start_build(redis, "docs", model="m", revision="r1", created=1, batch_size=4)
     assert again is not None
-    assert (again.done, again.batch_size, again.version) == ({0}, 2, first.version)
+    assert (again.done, again.batch_size, again.version) == (frozenset({0}), 2, first.version)
     assert again.pending == [1, 2]
     assert await batch_texts(redis, again, again.pending[0]) == ["t", "t"]
 
@@ -357,7 +357,7 @@ async def test_batches_may_finish_in_any_order_and_a_restart_runs_only_the_missi
     assert not await commit_batch(redis, build, 3)
     again = await start_build(redis, "docs", model="m", revision="r1", created=1, batch_size=2)
     assert again is not None
-    assert (again.done, again.pending) == ({0, 3, 4}, [1, 2])
+    assert (again.done, again.pending) == (frozenset({0, 3, 4}), [1, 2])
     state = await collection_state(redis, "docs")
     assert state.builds["r1"]["batches_done"] == 3
     with pytest.raises(CorpusChanged, match="3 of 5 batches"):

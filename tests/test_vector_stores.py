@@ -23,6 +23,7 @@ from runinfra_webhooks.service.storage.vectors import (
 
 from tests.conftest import make_settings
 from tests.processes import stack_env
+from tests.redis_server import as_async_db
 
 SLOT = Slot("docs", "rev_0001", 1)
 
@@ -60,7 +61,7 @@ async def test_redis_store_keeps_vectors_as_packed_float32(redis: Redis) -> None
     async with open_vector_store("redis", redis) as store:
         await store.write(SLOT, model="m", ids=["a"], vectors=[[0.1] * 1024])
         assert await store.vectors(SLOT, ["a"]) == [pytest.approx([0.1] * 1024, rel=1e-6)]
-    raw = await redis.hget(keys.corpus_vectors("docs", "rev_0001", 1), "a")
+    raw = await as_async_db(redis).hget(keys.corpus_vectors("docs", "rev_0001", 1), "a")
     assert raw is not None and len(raw) == 4096
 
 

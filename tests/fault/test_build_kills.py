@@ -16,13 +16,12 @@ import time
 from pathlib import Path
 
 import pytest
-import redis as sync_redis
 from runinfra_webhooks.service.storage import keys
 
 from tests.builders import example_event
 from tests.fault.harness import deliver_all, report, scaled, settled_charges, wait_final
 from tests.processes import Proc, stack_env, wait_until
-from tests.redis_server import RedisServer
+from tests.redis_server import Db, RedisServer
 from tests.stubserver import start_gateway_stub
 from tests.vectorstores import store_url
 
@@ -40,18 +39,18 @@ def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
                           timeout=120, check=False)
 
 
-def progress(db: sync_redis.Redis) -> int:
+def progress(db: Db) -> int:
     """How many batches are done (a bitmap: batches may finish out of order)."""
     return int(db.bitcount(keys.corpus_progress("kb", REVISION)))
 
 
-def flipped(db: sync_redis.Redis) -> bool:
+def flipped(db: Db) -> bool:
     return db.hget(keys.corpus_meta("kb"), "revision") == REVISION.encode()
 
 
 @pytest.mark.parametrize("kind", ["redis", "qdrant"])
 def test_worker_sigkilled_at_random_batches_of_a_build_charges_each_batch_once_and_flips_once(
-    receiver: str, redis_aof: RedisServer, db: sync_redis.Redis, tmp_path: Path, kind: str
+    receiver: str, redis_aof: RedisServer, db: Db, tmp_path: Path, kind: str
 ) -> None:
     documents, batch = SIZES[kind]
     batches = -(-documents // batch)
@@ -78,8 +77,10 @@ def test_worker_sigkilled_at_random_batches_of_a_build_charges_each_batch_once_a
             for target in targets:
                 # Past the target and past the last kill: every kill lands in a run that has done work.
                 goal = max(target, kills[-1][1] + 1 if kills else 0)
-                wait_until(lambda g=goal: progress(db) >= g or flipped(db), timeout=120, what=f"batch {goal}",
-                           interval=0.01)
+                def reached(goal: int = goal) -> bool:
+                    return progress(db) >= goal or flipped(db)
+
+                wait_until(reached, timeout=120, what=f"batch {goal}", interval=0.01)
                 if flipped(db):
                     break
                 worker.kill()
