@@ -94,18 +94,11 @@ class StoreSettings(_FromEnvironment):
         return names
 
 
-class ReceiverSettings(StoreSettings):
-    """The receiver's: the webhook secrets and the limits on what it accepts."""
+class _Verifying(StoreSettings):
+    """What re-verifies stored deliveries: the webhook secrets and the tolerance (secrets optional here)."""
 
-    webhook_secrets: Annotated[tuple[SecretStr, ...], NoDecode] = Field(alias="RUNINFRA_WEBHOOK_SECRET")
+    webhook_secrets: Annotated[tuple[SecretStr, ...], NoDecode] = Field((), alias="RUNINFRA_WEBHOOK_SECRET")
     tolerance: int = Field(300, alias="RUNINFRA_WEBHOOK_TOLERANCE", ge=0)
-    max_body: int = Field(1_048_576, alias="RUNINFRA_WEBHOOK_MAX_BODY", gt=0)
-    body_timeout: float = Field(10.0, alias="RUNINFRA_BODY_TIMEOUT", gt=0)
-    # Hostile input at the receiver's edge (enforced by `serve`'s HTTP protocol) and readiness.
-    max_header_bytes: int = Field(16_384, alias="RUNINFRA_MAX_HEADER_BYTES", ge=1024)
-    header_timeout: float = Field(10.0, alias="RUNINFRA_HEADER_TIMEOUT", gt=0)
-    max_connections: int = Field(4096, alias="RUNINFRA_MAX_CONNECTIONS", gt=0)
-    ready_probe_timeout: float = Field(1.0, alias="RUNINFRA_READY_PROBE_TIMEOUT", gt=0)
 
     @field_validator("webhook_secrets", mode="before")
     @classmethod
@@ -124,6 +117,19 @@ class ReceiverSettings(StoreSettings):
     def secret_values(self) -> tuple[bytes, ...]:
         """The secrets as HMAC keys: the UTF-8 bytes of each whole string, prefix included."""
         return tuple(s.get_secret_value().encode() for s in self.webhook_secrets)
+
+
+class ReceiverSettings(_Verifying):
+    """The receiver's: the webhook secrets (required) and the limits on what it accepts."""
+
+    webhook_secrets: Annotated[tuple[SecretStr, ...], NoDecode] = Field(alias="RUNINFRA_WEBHOOK_SECRET")
+    max_body: int = Field(1_048_576, alias="RUNINFRA_WEBHOOK_MAX_BODY", gt=0)
+    body_timeout: float = Field(10.0, alias="RUNINFRA_BODY_TIMEOUT", gt=0)
+    # Hostile input at the receiver's edge (enforced by `serve`'s HTTP protocol) and readiness.
+    max_header_bytes: int = Field(16_384, alias="RUNINFRA_MAX_HEADER_BYTES", ge=1024)
+    header_timeout: float = Field(10.0, alias="RUNINFRA_HEADER_TIMEOUT", gt=0)
+    max_connections: int = Field(4096, alias="RUNINFRA_MAX_CONNECTIONS", gt=0)
+    ready_probe_timeout: float = Field(1.0, alias="RUNINFRA_READY_PROBE_TIMEOUT", gt=0)
 
 
 class WorkerSettings(StoreSettings):
@@ -196,9 +202,9 @@ class WorkerSettings(StoreSettings):
         return self
 
 
-class ConsoleSettings(ReceiverSettings):
+class ConsoleSettings(_Verifying):
     """The console's: its access token (required by `console` only; it exits 2 without it), and the webhook
-    secrets, with which its audit verification re-checks every stored signature and entry MAC."""
+    secrets when set, with which its audit verification re-checks every stored signature and entry MAC."""
 
     console_token: SecretStr | None = Field(None, alias="RUNINFRA_CONSOLE_TOKEN")
     console_session_ttl: int = Field(43_200, alias="RUNINFRA_CONSOLE_SESSION_TTL", gt=0)
@@ -212,7 +218,7 @@ class ConsoleSettings(ReceiverSettings):
         return value
 
 
-class Settings(ConsoleSettings, WorkerSettings):
+class Settings(ReceiverSettings, ConsoleSettings, WorkerSettings):
     """Everything at once, for what runs both sides in one process (tests, benchmarks)."""
 
 

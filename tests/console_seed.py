@@ -13,7 +13,7 @@ from runinfra_webhooks.service.core.signature import sign
 from runinfra_webhooks.service.storage.ingest import Delivery, Ingestor, IngestOutcome
 from runinfra_webhooks.service.storage.records import Records
 
-from tests.builders import SECRET, example_event
+from tests.builders import OLD_SECRET, SECRET, example_event
 
 TOKEN = "console-test-token-0123456789abcdefghij"
 
@@ -34,8 +34,9 @@ async def _seed(redis_url: str, plan: Sequence[tuple[str, str, Mapping[str, obje
                 step_ms: int, retention: int) -> list[Seeded]:
     """plan: (type, final state, extra data) per event; received start_ms, start_ms + step_ms, ..."""
     redis = Redis.from_url(redis_url)
+    # Keyed like the console under test (make_settings' secrets), so its audit verification accepts the MACs.
     ingestor = Ingestor(redis, dedup_ttl=3600, event_retention=retention, dead_letter_retention=retention,
-                        job_expiry_s=3600)
+                        job_expiry_s=3600, secrets=(SECRET.encode(), OLD_SECRET.encode()))
     records = Records(redis, event_retention=retention, dead_letter_retention=retention, job_expiry_s=3600)
     out = []
     try:

@@ -14,7 +14,7 @@ from runinfra_webhooks.service.storage.ingest import Delivery, Ingestor, IngestO
 from runinfra_webhooks.service.storage.listing import Cursor, EventFilter, EventIndex
 from runinfra_webhooks.service.storage.records import Records
 
-from tests.builders import SECRET, example_event, signed_delivery
+from tests.builders import OLD_SECRET, SECRET, example_event, signed_delivery
 
 
 def _now() -> int:
@@ -29,7 +29,7 @@ def _delivery(event_id: str, wanted: IngestOutcome = IngestOutcome.QUEUED, type_
 
 def _stores(redis: Redis, retention: int = 3600) -> tuple[Ingestor, Records]:
     return (Ingestor(redis, dedup_ttl=1, event_retention=retention, dead_letter_retention=retention,
-                     job_expiry_s=60),
+                     job_expiry_s=60, secrets=(SECRET.encode(), OLD_SECRET.encode())),
             Records(redis, event_retention=retention, dead_letter_retention=retention, job_expiry_s=60))
 
 

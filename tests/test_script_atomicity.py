@@ -66,12 +66,15 @@ def ingest_args() -> list[Any]:
 
 
 # --- ingest ---------------------------------------------------------------------------------------------
+INGEST_KEYS = 10  # the script's KEYS; its ARGV follow them in ingest_args()
+
+
 @pytest.mark.parametrize("wanted", ["queued", "ignored", "dead_lettered", "invalid_json", "invalid_event"])
 def test_ingest_writes_everything_for_the_largest_valid_delivery(db: Db, wanted: str) -> None:
     """Longest id and type, largest created, a 1 MiB body: the record, job and audit entry are all written."""
     args = ingest_args()
-    args[9] = wanted
-    assert db.eval(INGEST_SCRIPT, 9, *args) == wanted.encode()
+    args[INGEST_KEYS] = wanted  # ARGV 1
+    assert db.eval(INGEST_SCRIPT, INGEST_KEYS, *args) == wanted.encode()
     [(_, entry)] = db.xrange(keys.AUDIT_STREAM)
     assert entry[b"seq"] == b"1" and entry[b"body"] == BIG_BODY and entry[b"outcome"] == wanted.encode()
     assert db.hget(keys.AUDIT_HEAD, "seq") == b"1"
@@ -85,7 +88,7 @@ def test_ingest_writes_everything_for_the_largest_valid_delivery(db: Db, wanted:
 def test_ingest_duplicate_at_the_largest_head_seq_is_exact(db: Db) -> None:
     """A head seq of 12 digits is added to exactly (no exponent, no rounding)."""
     db.hset(keys.AUDIT_HEAD, mapping={"seq": "999999999998", "hash": "a" * 40})
-    assert db.eval(INGEST_SCRIPT, 9, *ingest_args()) == b"queued"
+    assert db.eval(INGEST_SCRIPT, INGEST_KEYS, *ingest_args()) == b"queued"
     assert db.hget(keys.AUDIT_HEAD, "seq") == b"999999999999"
 
 
@@ -99,16 +102,16 @@ def test_ingest_refuses_a_corrupt_audit_head_and_writes_nothing(
 ) -> None:
     """A corrupt head: an error naming the script, and not one key changed (no dedup mark, no job)."""
     db.hset(key, field, value)
-    refuses_and_writes_nothing(db, INGEST_SCRIPT, 9, *ingest_args(), name="ingest")
+    refuses_and_writes_nothing(db, INGEST_SCRIPT, INGEST_KEYS, *ingest_args(), name="ingest")
 
 
-@pytest.mark.parametrize(("index", "value"), [(9, "accepted"), (11, "0"), (12, "x"), (19, "1e3")],
+@pytest.mark.parametrize(("argv", "value"), [(1, "accepted"), (3, "0"), (4, "x"), (11, "1e3")],
                          ids=["unknown-outcome", "zero-ttl", "bad-now", "bad-created"])
-def test_ingest_refuses_bad_arguments_and_writes_nothing(db: Db, index: int, value: str) -> None:
+def test_ingest_refuses_bad_arguments_and_writes_nothing(db: Db, argv: int, value: str) -> None:
     """Bad arguments are refused before any write."""
     args = ingest_args()
-    args[index] = value
-    refuses_and_writes_nothing(db, INGEST_SCRIPT, 9, *args, name="ingest")
+    args[INGEST_KEYS + argv - 1] = value
+    refuses_and_writes_nothing(db, INGEST_SCRIPT, INGEST_KEYS, *args, name="ingest")
 
 
 # --- records --------------------------------------------------------------------------------------------
@@ -123,7 +126,8 @@ def test_start_counts_attempts_exactly_at_the_largest_counter(db: Db) -> None:
     """attempts 999999999999 becomes 1000000000000, written with the state and the in-flight mark."""
     key = _event_record(db, attempts="999999999999")
     now = time.time_ns() // 1_000_000
-    reply = db.eval(records.START_SCRIPT, 4, key, keys.INFLIGHT, keys.PAUSED_TYPES, keys.PARKED, "0", now, LONG_ID)
+    reply = db.eval(records.START_SCRIPT, 5, key, keys.INFLIGHT, keys.PAUSED_TYPES, keys.PARKED,
+                   keys.CONSOLE_INDEX, "0", now, LONG_ID)
     assert isinstance(reply, list)
     assert db.hget(key, "attempts") == b"1000000000000" and db.hget(key, "state") == b"processing"
     assert db.zscore(keys.INFLIGHT, LONG_ID) == now
@@ -133,8 +137,8 @@ def test_start_counts_attempts_exactly_at_the_largest_counter(db: Db) -> None:
 def test_start_refuses_corrupt_attempts_and_writes_nothing(db: Db, attempts: str) -> None:
     """Before, HINCRBY failed after the state was already set to processing."""
     key = _event_record(db, attempts=attempts)
-    refuses_and_writes_nothing(db, records.START_SCRIPT, 4, key, keys.INFLIGHT, keys.PAUSED_TYPES, keys.PARKED, "0",
-                               time.time_ns() // 1_000_000, LONG_ID, name="records.start")
+    refuses_and_writes_nothing(db, records.START_SCRIPT, 5, key, keys.INFLIGHT, keys.PAUSED_TYPES, keys.PARKED,
+                               keys.CONSOLE_INDEX, "0", time.time_ns() // 1_000_000, LONG_ID, name="records.start")
 
 
 @pytest.mark.parametrize(("index", "value"), [(1, "x"), (6, "-5"), (3, "exploded")],
@@ -144,7 +148,8 @@ def test_finish_refuses_bad_arguments_and_writes_nothing(db: Db, index: int, val
     key = _event_record(db, state="processing")
     args = ["0", str(time.time_ns() // 1_000_000), LONG_ID, "succeeded", "", "", "604800", "0", "0"]
     args[index] = value
-    refuses_and_writes_nothing(db, records.FINISH_SCRIPT, 3, key, keys.INFLIGHT, keys.DEAD_LETTERS, *args,
+    refuses_and_writes_nothing(db, records.FINISH_SCRIPT, 4, key, keys.INFLIGHT, keys.DEAD_LETTERS, keys.CONSOLE_INDEX,
+                               *args,
                                name="records.finish")
 
 
@@ -159,12 +164,13 @@ def test_add_request_id_refuses_a_corrupt_list_and_writes_nothing(db: Db, stored
 def _replay_args(key: str) -> tuple[Any, ...]:
     """KEYS and ARGV of the replay script, as ``Records.replay`` passes them."""
     now = time.time_ns() // 1_000_000
-    return (key, keys.INFLIGHT, keys.DEAD_LETTERS, keys.ARQ_QUEUE, keys.ARQ_JOB, LONG_ID, now, 86_400_000,
+    return (key, keys.INFLIGHT, keys.DEAD_LETTERS, keys.ARQ_QUEUE, keys.ARQ_JOB, keys.CONSOLE_INDEX, LONG_ID, now,
+            86_400_000,
             *arq_job.payload_around_generation(LONG_ID, now), new_traceparent())
 
 
 def _replay(db: Db, key: str) -> Any:
-    return db.eval(records._REPLAY, 5, *_replay_args(key))
+    return db.eval(records._REPLAY, 6, *_replay_args(key))
 
 
 def test_replay_bumps_the_largest_generation_exactly(db: Db) -> None:
@@ -183,15 +189,15 @@ def test_replay_refuses_a_corrupt_generation_and_writes_nothing(db: Db) -> None:
     """Before, HINCRBY failed first; now the check comes before any write, whatever the field holds."""
     key = _event_record(db, state="dead_lettered", generation="x")
     db.zadd(keys.DEAD_LETTERS, {LONG_ID: 1})
-    refuses_and_writes_nothing(db, records._REPLAY, 5, *_replay_args(key), name="records.replay")
+    refuses_and_writes_nothing(db, records._REPLAY, 6, *_replay_args(key), name="records.replay")
 
 
 def test_requeue_refuses_a_bad_expiry_and_writes_nothing(db: Db) -> None:
     """A zero job expiry is refused before the job is written."""
     key = _event_record(db)
     job_id = keys.job_id(LONG_ID, 0)
-    refuses_and_writes_nothing(db, records._REQUEUE, 5, key, keys.ARQ_JOB + job_id, keys.ARQ_QUEUE,
-                               keys.ARQ_IN_PROGRESS + job_id, keys.INFLIGHT, LONG_ID, "0",
+    refuses_and_writes_nothing(db, records._REQUEUE, 6, key, keys.ARQ_JOB + job_id, keys.ARQ_QUEUE,
+                               keys.ARQ_IN_PROGRESS + job_id, keys.INFLIGHT, keys.CONSOLE_INDEX, LONG_ID, "0",
                                time.time_ns() // 1_000_000, "0", "{}", job_id, name="records.requeue")
 
 
@@ -253,7 +259,7 @@ def test_redis_refusals_are_transient_and_script_errors_permanent(db: Db) -> Non
     db.config_set("maxmemory", "1")
     try:
         with pytest.raises(ResponseError) as oom:
-            db.eval(INGEST_SCRIPT, 9, *ingest_args())
+            db.eval(INGEST_SCRIPT, INGEST_KEYS, *ingest_args())
     finally:
         db.config_set("maxmemory", "0")
     assert decide(oom.value, attempt=1, max_attempts=8, base=0.1, cap=1).retry

@@ -9,7 +9,13 @@ from typing import Any
 
 from redis.asyncio import Redis
 from runinfra_webhooks.service.core.audit import verify_entries
-from runinfra_webhooks.service.storage.audit_store import audit_base, audit_head, iter_audit
+from runinfra_webhooks.service.storage.audit_store import (
+    audit_base,
+    audit_head,
+    iter_audit,
+    referenced_bodies,
+    resolve_bodies,
+)
 from runinfra_webhooks.service.storage.listing import EventFilter, EventIndex
 from runinfra_webhooks.service.storage.records import Records, ReplayRefused
 
@@ -67,14 +73,21 @@ async def verify_audit(redis: Redis, *, secrets: tuple[bytes, ...], tolerance: i
     head = await audit_head(redis)
     result: dict[str, Any] = {"ok": True, "checked": 0, "head": {"seq": head[0], "hash": head[1]},
                               "base": {"seq": base_seq, "hash": base_hash}, "problem": None}
+    if not secrets:
+        result["ok"] = False
+        result["problem"] = {"seq": 0, "stream_id": None, "code": "no_secret",
+                             "detail": "RUNINFRA_WEBHOOK_SECRET is not set: signatures and MACs cannot be checked"}
+        return result
     last: tuple[int, str] = (base_seq, base_hash)
     last_id: str | None = None
     entries: list[tuple[str, dict[bytes, bytes]]] = []
 
     async def check() -> bool:
         nonlocal last, last_id
+        # Duplicates keep their body once, by digest: resolve those this chunk references.
+        bodies = await resolve_bodies(redis, referenced_bodies(entries))
         checked, problem = await asyncio.to_thread(verify_entries, entries, secrets=secrets, tolerance=tolerance,
-                                                   base_seq=last[0], base_hash=last[1])
+                                                   base_seq=last[0], base_hash=last[1], bodies=bodies.get)
         result["checked"] += checked
         if problem is not None:
             result["ok"] = False
