@@ -1,4 +1,4 @@
-"""Re-embedding (contract §6): a ready/updated embeddings deployment re-embeds the collections of its model.
+"""Re-embedding: a ready/updated embeddings deployment re-embeds the collections of its model.
 
 For each collection bound to ``data.model`` and not active at ``data.revision``, a build is started or
 resumed (``handlers.corpus``): the ids in load order are cut into batches of ``embed_batch_size`` (pinned

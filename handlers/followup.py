@@ -1,4 +1,4 @@
-"""Follow-up audio (contract §6): a completed transcription gets a spoken reply.
+"""Follow-up audio: a completed transcription gets a spoken reply.
 
 Steps, each idempotent:
 

@@ -1,4 +1,4 @@
-"""The one place that decides: try again later, or dead-letter (contract §7, issue #3).
+"""The one place that decides: try again later, or dead-letter.
 
 arq only retries a job that raises ``Retry``; everything else would be a silent failure. So every handler
 outcome is mapped here, by exception type, to a ``Decision``.

@@ -1,4 +1,4 @@
-"""The sweep: nothing queued is silently lost (contract §5).
+"""The sweep: nothing queued is silently lost.
 
 Runs in every worker every RUNINFRA_SWEEP_INTERVAL seconds (all of it is idempotent and script-guarded, so
 several workers sweeping at once is harmless):

@@ -1,4 +1,4 @@
-"""The event envelope and one typed model per catalogued type (contract §3).
+"""The event envelope and one typed model per catalogued type.
 
 Parsing happens in three steps, each with its own answer: bytes -> JSON object (``invalid_json``),
 object -> envelope (``invalid_event``), envelope -> typed event (``invalid_payload``, dead-lettered).

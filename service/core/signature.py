@@ -1,4 +1,4 @@
-"""The ``runinfra-signature`` scheme (CONTRACT §2): verify on receipt, sign for senders and tests.
+"""The ``runinfra-signature`` scheme: verify on receipt, sign for senders and tests.
 
 Pure and I/O-free so it can be tested against the contract's vectors and fuzzed. ``verify`` is total:
 whatever the header and body, it returns exactly one ``Verification`` and never raises, because it

@@ -1,4 +1,4 @@
-"""The RunInfra gateway client (contract §7): headers, idempotency keys, inline retries, typed errors.
+"""The RunInfra gateway client: headers, idempotency keys, inline retries, typed errors.
 
 Retryable vs permanent is decided here, by status, once: connection errors, timeouts, 408, 409, 429 and
 5xx raise ``GatewayTransientError``; every other non-2xx raises ``GatewayPermanentError``. Transient failures

@@ -1,4 +1,4 @@
-"""POST /webhooks/runinfra: limit, verify, parse, ingest, answer (contract §4).
+"""POST /webhooks/runinfra: limit, verify, parse, ingest, answer.
 
 The order is the security argument: the body is bounded before any HMAC, the signature is checked before
 any JSON is parsed, and nothing is acknowledged before the one atomic Redis write returned.

@@ -1,4 +1,4 @@
-"""Make one verified delivery durable in ONE Redis round trip (contract §5), shared by concurrent deliveries.
+"""Make one verified delivery durable in ONE Redis round trip, shared by concurrent deliveries.
 
 The Lua script beside this module writes the dedup mark, the event record, the arq job (JSON, in arq's
 own format, so a stock arq worker runs it) and the audit entry atomically. ``enqueue_job`` is not used: it

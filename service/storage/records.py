@@ -1,4 +1,4 @@
-"""The processing state of each event (contract §5), kept in its Redis hash.
+"""The processing state of each event, kept in its Redis hash.
 
 State moves queued -> processing -> (retrying -> processing)* -> succeeded | dead_lettered; replay moves a
 dead-lettered event back to queued under a new generation. Every transition is one Lua script guarded by

@@ -1,6 +1,6 @@
 """A worker SIGKILLed at random batches of one large re-embedding build, several times, in both stores.
 
-Promise (contract §6, §7, §15): a build is resumable after a crash at any batch; every batch is charged
+Promise: a build is resumable after a crash at any batch; every batch is charged
 once at the gateway whatever dies in between (a retry resends the batch's key and gets the stored answer);
 the active revision flips once, when every document has its vector. A supervisor starts a new worker
 after each kill; arq re-runs the killed job once its in-progress key expires.
