@@ -15,6 +15,8 @@ Keys (``service.keys``) and the fields this module keeps in them:
 - ``corpus_progress(c, rev)`` a bitmap of the batches finished (bit ``i`` set once batch ``i`` is stored),
   so batches may finish in any order and a retry runs exactly the missing ones.
 - ``corpora_by_model(m)`` set of the collections bound to ``m``.
+- ``corpus_claims(c, rev)`` the leases of jobs sharing that build (``batch_claims``): deleted with the
+  progress bitmap, by a load, a restart and the flip.
 
 Decisions:
 

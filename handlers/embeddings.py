@@ -5,8 +5,12 @@ resumed (``handlers.corpus``): the ids in load order are cut into batches of ``e
 when the build starts), each remaining batch is POSTed to ``/embeddings`` (``embed_concurrency`` batches
 in flight at once: a build waits on the gateway, not on us), its vectors are written to the vector store
 (``RUNINFRA_VECTOR_STORE``) and then the batch is marked done, and the active revision flips once all
-batches are in and the store holds one vector per document. The first batch that fails stops the others
-(batches already done stay done) and its error is the attempt's. The store is then pointed at the new
+batches are in and the store holds one vector per document. A batch that fails stops its job claiming
+more; the batches in flight finish, and the first error is the attempt's.
+
+Batches are claimed one at a time under a lease (``corpus.claim_batch``), so with ``build_parts`` > 1 helper
+jobs on other workers (``join_collection``) share the build: the event's job waits for the batches they
+hold (taking over those whose lease ends) and is the only one that flips. The store is then pointed at the new
 revision and drops every slot no longer active or being built. A retried job runs only the batches not
 marked done; a crash between a write and its mark rewrites the same vectors (the gateway replays the
 same answer for the same key, uncharged).
