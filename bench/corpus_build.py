@@ -165,20 +165,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 store_url = "redis" if store == "redis" else f"qdrant+path://{work / f'qdrant-{n}-{repeat}'}"
                 common = ["--redis-url", rd.url, "--base-url", f"{root}/v1", "--store-url", store_url,
                           "--work", str(work), "--lanes", str(lanes)]
+                # Files, not pipes: a helper's log lines would fill a pipe nobody reads until it ends.
+                outputs = [work / f"helper-{k}.out" for k in range(workers - 1)]
                 helpers = [subprocess.Popen([TASKSET, "-c", SERVER_CORE, PY, "-m", "bench.corpus_build", "--helper",
-                                             *common], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                           for _ in range(workers - 1)]
+                                             *common], stdout=path.open("w"), stderr=subprocess.STDOUT)
+                           for path in outputs]
                 out = subprocess.run(
                     [TASKSET, "-c", SERVER_CORE, PY, "-m", "bench.corpus_build", "--child", str(n), *common],
                     capture_output=True, text=True, check=False, timeout=3600)
-                helped = [h.communicate(timeout=600) for h in helpers]
-                if out.returncode or any(h.returncode for h in helpers):
-                    errors = out.stderr[-3000:] + "".join(err[-3000:] for _, err in helped)
+                codes = [h.wait(timeout=600) for h in helpers]
+                helped = [path.read_text() for path in outputs]
+                if out.returncode or any(codes):
+                    errors = out.stderr[-3000:] + "".join(text[-3000:] for text in helped)
                     raise RuntimeError(f"the build of {n} in {store} failed:\n{errors}")
                 row = json.loads(out.stdout.strip().splitlines()[-1])
                 charged = httpx.get(f"{root}/_stub/charges", timeout=10).json()["total"]
                 row.update(store=store, repeat=repeat, charged_batches=charged, concurrency=lanes, workers=workers,
-                           helper_batches=[json.loads(o.strip().splitlines()[-1])["batches_here"] for o, _ in helped],
+                           helper_batches=[json.loads(t.strip().splitlines()[-1])["batches_here"] for t in helped],
                            batches=-(-n // BATCH))
                 results["builds"].append(row)
                 log(f"{store} n={n} concurrency={lanes} workers={workers}: build {row['build_s']:.2f} s "
