@@ -12,12 +12,13 @@ from typing import Any
 import httpx
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 from runinfra_webhooks.handlers import corpus, embeddings
 from runinfra_webhooks.handlers.context import HandlerContext
 from runinfra_webhooks.handlers.corpus import CorpusChanged, claim_batch, join_build, load_corpus, start_build
 from runinfra_webhooks.service.gateway.client import GatewayClient, idempotency_key
 from runinfra_webhooks.service.storage import keys
-from runinfra_webhooks.service.storage.batch_claims import BatchClaims
+from runinfra_webhooks.service.storage.batch_claims import CLAIM_SCRIPT, BatchClaims
 
 from tests.builders import example_event, signed_delivery
 from tests.conftest import make_settings
@@ -146,3 +147,18 @@ async def test_a_helper_joins_only_a_build_in_progress_and_a_load_ends_its_claim
     assert not await redis.exists(keys.corpus_claims("kb", REVISION))
     with pytest.raises(CorpusChanged):
         await claim_batch(claims, joined, owner="h", lease_s=30)
+
+
+@pytest.mark.parametrize(("index", "value"), [(2, "many"), (3, "0"), (4, ""), (5, "last")])
+def test_claim_refuses_bad_arguments_and_writes_nothing(db: Db, index: int, value: str) -> None:
+    """A batch count, lease, owner or finished batch that is not what the claim script needs is an error
+    naming the script, and nothing is written."""
+    meta, progress, claims = keys.corpus_meta("kb"), keys.corpus_progress("kb", "r"), keys.corpus_claims("kb", "r")
+    db.hset(meta, "build:r", "m")
+    args = ["build:r", "m", "3", "1000", "owner", "-1"]
+    assert db.eval(CLAIM_SCRIPT, 3, meta, progress, claims, *args) == 0  # the arguments as given are fine
+    db.delete(claims)
+    args[index] = value
+    with pytest.raises(ResponseError, match=r"corpus\.claim: bad arguments"):
+        db.eval(CLAIM_SCRIPT, 3, meta, progress, claims, *args)
+    assert not db.exists(progress, claims)

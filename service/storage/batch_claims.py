@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from redis.asyncio import Redis
 
-__all__ = ["ALL_DONE", "CHANGED", "HELD", "BatchClaims"]
+__all__ = ["ALL_DONE", "CHANGED", "CLAIM_SCRIPT", "HELD", "RELEASE_SCRIPT", "BatchClaims"]
 
 HELD = -1  # no batch to claim now, but some are leased to others and not done yet
 ALL_DONE = -2  # every batch is done
@@ -21,7 +21,7 @@ CHANGED = -3  # the build is no longer the one asked about (a load, a restart, t
 
 # KEYS: corpus meta, progress bitmap, claims. ARGV: build field, its marker, batches, lease ms, owner,
 # the batch this owner just finished (its claim is dropped) or -1.
-_CLAIM = """
+CLAIM_SCRIPT = """
 local n, lease, finished = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[6])
 if not n or not lease or not finished or n < 0 or lease <= 0 or ARGV[5] == '' then
   return redis.error_reply('corpus.claim: bad arguments')
@@ -68,7 +68,7 @@ return -2
 # KEYS: claims. ARGV: owner. Ends every lease of the owner (its attempt is over, or one of its batches failed)
 # and moves the cursor back to the lowest, so the next claim takes them first (batches run in order, as far as
 # they can). A claim whose reply was lost (a cancelled call) is released too.
-_RELEASE = """
+RELEASE_SCRIPT = """
 if ARGV[1] == '' then return redis.error_reply('corpus.release: bad arguments') end
 local claims = redis.call('HGETALL', KEYS[1])
 local low, released = nil, 0
@@ -91,8 +91,8 @@ class BatchClaims:
     """The claim and release scripts, registered once per Redis client."""
 
     def __init__(self, redis: Redis) -> None:
-        self._claim = redis.register_script(_CLAIM)
-        self._release = redis.register_script(_RELEASE)
+        self._claim = redis.register_script(CLAIM_SCRIPT)
+        self._release = redis.register_script(RELEASE_SCRIPT)
 
     async def claim(self, *, meta: str, progress: str, claims: str, field: str, marker: str, batches: int,
                     lease_ms: int, owner: str, finished: int = -1) -> int:
