@@ -4,6 +4,8 @@
     .venv/bin/python -m bench.corpus_build --stores redis,qdrant --sizes 1000,10000
     .venv/bin/python -m bench.corpus_build --dimensions 1024 --sizes 5000   # Redis bytes per real-size vector
     .venv/bin/python -m bench.corpus_build --sizes 100000 --latency 0.05 --concurrency 1,4,8 --skip-old
+    .venv/bin/python -m bench.corpus_build --sizes 100000 --latency 0.05 --concurrency 4 --workers 1,2 \
+        --repeats 3 --skip-old        # 2 processes sharing each build against 1
 
 Each build runs in a fresh process (pinned to core 0) against the bench's own redis-server and the gateway
 emulator at zero latency (both on core 1): the corpus is loaded with ``load_corpus``, then one
@@ -13,6 +15,13 @@ time, the time per document, the process's peak RSS, Redis's ``used_memory`` gro
 median of three top-5 searches of the finished collection (the store's search: an exact scan in Redis). Next
 to it, the step the builds used to repeat: re-cutting every id into batches twice per batch (what the old
 ``Build.batches`` property cost), timed alone on the same ids.
+
+``--workers 1,2`` shares each build between that many processes: the first does what the event's job does
+(``embed_collection``, which waits for every batch and flips); each other one does what a helper job does
+(``join_collection``: claim batches under a lease until none is free), started with the first and retried
+until the build has flipped. All of them are pinned to the same core, so 2 against 1 shows what sharing buys
+with the same CPU when the gateway's latency is the limit. The worker counts alternate within each repeat
+(1 2, 1 2, ...); the summary gives each count's median build time and the ratio.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ import argparse
 import asyncio
 import json
 import resource
+import statistics
 import subprocess
 import tempfile
 import time
@@ -36,6 +46,39 @@ MODEL = "bench-embed"
 
 
 # --- the child: one build ------------------------------------------------------------------------
+def _settings(redis_url: str, base_url: str, store_url: str, work: Path, concurrency: int) -> Any:
+    from runinfra_webhooks.service.settings import load_settings
+
+    return load_settings(RUNINFRA_WEBHOOK_SECRET="whsec_bench",  # noqa: S106 - the bench's own
+                         REDIS_URL=redis_url, RUNINFRA_BASE_URL=base_url,
+                         RUNINFRA_API_KEY="sk-stub", RUNINFRA_EMBED_BATCH_SIZE=BATCH,
+                         RUNINFRA_VECTOR_STORE=store_url, RUNINFRA_ARTIFACTS_DIR=str(work / "artifacts"),
+                         RUNINFRA_EMBED_CONCURRENCY=concurrency, RUNINFRA_JOB_TIMEOUT=3600)
+
+
+async def one_helper(redis_url: str, base_url: str, store_url: str, work: Path, concurrency: int) -> dict[str, Any]:
+    """A helper of the build another process runs: join it until it has flipped; how many batches ran here."""
+    from redis.asyncio import Redis
+    from runinfra_webhooks.handlers.context import HandlerContext
+    from runinfra_webhooks.handlers.embeddings import join_collection
+    from runinfra_webhooks.service.gateway.client import GatewayClient
+    from runinfra_webhooks.service.storage import keys
+    from runinfra_webhooks.service.storage.vectors import open_vector_store
+
+    settings = _settings(redis_url, base_url, store_url, work, concurrency)
+    redis = Redis.from_url(redis_url)
+    gateway = GatewayClient.from_settings(settings)
+    ctx = HandlerContext(event_id="evt_bench", settings=settings, redis=redis, gateway=gateway)
+    ran = 0
+    async with open_vector_store(store_url, redis) as store:
+        while await redis.hget(keys.corpus_meta("bench"), "revision") != b"rev_bench":
+            ran += max(0, await join_collection(ctx, store, "bench", "rev_bench"))
+            await asyncio.sleep(0.02)
+    await gateway.aclose()
+    await redis.aclose()
+    return {"batches_here": ran}
+
+
 async def one_build(redis_url: str, base_url: str, store_url: str, n: int, work: Path,
                     concurrency: int) -> dict[str, Any]:
     from redis.asyncio import Redis
@@ -43,14 +86,9 @@ async def one_build(redis_url: str, base_url: str, store_url: str, n: int, work:
     from runinfra_webhooks.handlers.corpus import active_slot, load_corpus
     from runinfra_webhooks.handlers.embeddings import embed_collection
     from runinfra_webhooks.service.gateway.client import GatewayClient
-    from runinfra_webhooks.service.settings import load_settings
     from runinfra_webhooks.service.storage.vectors import open_vector_store
 
-    settings = load_settings(RUNINFRA_WEBHOOK_SECRET="whsec_bench",  # noqa: S106 - the bench's own
-                             REDIS_URL=redis_url, RUNINFRA_BASE_URL=base_url,
-                             RUNINFRA_API_KEY="sk-stub", RUNINFRA_EMBED_BATCH_SIZE=BATCH,
-                             RUNINFRA_VECTOR_STORE=store_url, RUNINFRA_ARTIFACTS_DIR=str(work / "artifacts"),
-                             RUNINFRA_EMBED_CONCURRENCY=concurrency)
+    settings = _settings(redis_url, base_url, store_url, work, concurrency)
     redis = Redis.from_url(redis_url)
     lines = [json.dumps({"id": f"doc-{i:07d}", "text": f"document {i} of the bench corpus, about topic {i % 97}"})
              for i in range(n)]
@@ -104,7 +142,7 @@ def old_resplit_s(n: int) -> float:
 # --- the parent ------------------------------------------------------------------------------------
 def run(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {"dimensions": args.dimensions, "batch": BATCH, "latency": args.latency,
-                               "builds": [], "old_resplit": []}
+                               "builds": [], "old_resplit": [], "shared": []}
     with tempfile.TemporaryDirectory(prefix="bench-corpus-") as tmp:
         work = Path(tmp)
         rd = RedisProc(work / "redis", aof=False)
@@ -118,27 +156,41 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             wait_port(port, stub)
             root = f"http://127.0.0.1:{port}"
             # Repeats outermost, so the concurrency settings of one size alternate (A B, A B) under the same load.
-            plan = [(store, n, lanes, repeat) for repeat in range(args.repeats) for store in args.stores.split(",")
-                    for n in map(int, args.sizes.split(",")) for lanes in map(int, args.concurrency.split(","))]
-            for store, n, lanes, repeat in plan:
+            plan = [(store, n, lanes, workers, repeat) for repeat in range(args.repeats)
+                    for store in args.stores.split(",") for n in map(int, args.sizes.split(","))
+                    for lanes in map(int, args.concurrency.split(",")) for workers in map(int, args.workers.split(","))]
+            for store, n, lanes, workers, repeat in plan:
                 rd.client().flushall()
                 httpx.post(f"{root}/_stub/reset", timeout=10).raise_for_status()
                 store_url = "redis" if store == "redis" else f"qdrant+path://{work / f'qdrant-{n}-{repeat}'}"
+                common = ["--redis-url", rd.url, "--base-url", f"{root}/v1", "--store-url", store_url,
+                          "--work", str(work), "--lanes", str(lanes)]
+                # Files, not pipes: a helper's log lines would fill a pipe nobody reads until it ends.
+                outputs = [work / f"helper-{k}.out" for k in range(workers - 1)]
+                helpers = [subprocess.Popen([TASKSET, "-c", SERVER_CORE, PY, "-m", "bench.corpus_build", "--helper",
+                                             *common], stdout=path.open("w"), stderr=subprocess.STDOUT)
+                           for path in outputs]
                 out = subprocess.run(
-                    [TASKSET, "-c", SERVER_CORE, PY, "-m", "bench.corpus_build", "--child", str(n),
-                     "--redis-url", rd.url, "--base-url", f"{root}/v1", "--store-url", store_url,
-                     "--work", str(work), "--lanes", str(lanes)],
+                    [TASKSET, "-c", SERVER_CORE, PY, "-m", "bench.corpus_build", "--child", str(n), *common],
                     capture_output=True, text=True, check=False, timeout=3600)
-                if out.returncode:
-                    raise RuntimeError(f"the build of {n} in {store} failed:\n{out.stderr[-3000:]}")
+                codes = [h.wait(timeout=600) for h in helpers]
+                helped = [path.read_text() for path in outputs]
+                if out.returncode or any(codes):
+                    errors = out.stderr[-3000:] + "".join(text[-3000:] for text in helped)
+                    raise RuntimeError(f"the build of {n} in {store} failed:\n{errors}")
                 row = json.loads(out.stdout.strip().splitlines()[-1])
                 charged = httpx.get(f"{root}/_stub/charges", timeout=10).json()["total"]
-                row.update(store=store, repeat=repeat, charged_batches=charged, concurrency=lanes)
+                row.update(store=store, repeat=repeat, charged_batches=charged, concurrency=lanes, workers=workers,
+                           helper_batches=[json.loads(t.strip().splitlines()[-1])["batches_here"] for t in helped],
+                           batches=-(-n // BATCH))
                 results["builds"].append(row)
-                log(f"{store} n={n} concurrency={lanes}: build {row['build_s']:.2f} s "
+                log(f"{store} n={n} concurrency={lanes} workers={workers}: build {row['build_s']:.2f} s "
                     f"({row['us_per_doc']:.0f} us/doc), "
                     f"peak RSS {row['peak_rss_mib']:.1f} MiB, "
                     f"Redis {row['redis_bytes_per_vector']:.0f} B/vector, search {row['search_ms']:.1f} ms")
+            results["shared"] = shared_summary(results["builds"])
+            for line in results["shared"]:
+                log(f"shared: {line}")
             for n in (int(x) for x in args.sizes.split(",") if not args.skip_old):
                 seconds = old_resplit_s(n)
                 results["old_resplit"].append({"n": n, "seconds": seconds})
@@ -149,6 +201,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
+def shared_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per store, size and concurrency: the median build time per worker count, and each against 1 worker."""
+    groups: dict[tuple[str, int, int], dict[int, list[float]]] = {}
+    for row in rows:
+        groups.setdefault((row["store"], row["n"], row["concurrency"]), {}).setdefault(row["workers"], []).append(
+            row["build_s"])
+    out = []
+    for (store, n, lanes), by_workers in groups.items():
+        medians = {w: statistics.median(times) for w, times in sorted(by_workers.items())}
+        base = medians.get(1)
+        out.append({"store": store, "n": n, "concurrency": lanes, "median_build_s": medians,
+                    "speedup_vs_1": {w: base / m for w, m in medians.items()} if base else {}})
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.corpus_build")
     parser.add_argument("--sizes", default="1000,10000,100000")
@@ -157,6 +224,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--latency", type=float, default=0.0, help="seconds the emulator takes per call")
     parser.add_argument("--concurrency", default="1", help="comma-separated RUNINFRA_EMBED_CONCURRENCY values")
+    parser.add_argument("--workers", default="1", help="comma-separated: processes sharing each build")
+    parser.add_argument("--helper", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--skip-old", action="store_true", help="do not time the old re-split")
     parser.add_argument("--lanes", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--out", default=None, help="write the results as JSON here")
@@ -166,6 +235,10 @@ def main() -> None:
     parser.add_argument("--store-url", help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.helper:
+        print(json.dumps(asyncio.run(one_helper(args.redis_url, args.base_url, args.store_url, Path(args.work),
+                                                args.lanes))), flush=True)
+        return
     if args.child:
         row = asyncio.run(one_build(args.redis_url, args.base_url, args.store_url, args.child, Path(args.work),
                                     args.lanes))

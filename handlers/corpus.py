@@ -15,6 +15,8 @@ Keys (``service.keys``) and the fields this module keeps in them:
 - ``corpus_progress(c, rev)`` a bitmap of the batches finished (bit ``i`` set once batch ``i`` is stored),
   so batches may finish in any order and a retry runs exactly the missing ones.
 - ``corpora_by_model(m)`` set of the collections bound to ``m``.
+- ``corpus_claims(c, rev)`` the leases of jobs sharing that build (``batch_claims``): deleted with the
+  progress bitmap, by a load, a restart and the flip.
 
 Decisions:
 
@@ -52,6 +54,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import WatchError
 from runinfra_webhooks.service.storage import keys
+from runinfra_webhooks.service.storage.batch_claims import ALL_DONE, CHANGED, HELD, BatchClaims
 from runinfra_webhooks.service.storage.coalesce import Coalescer
 from runinfra_webhooks.service.storage.vectors import Hit, Slot, VectorStore
 
@@ -65,6 +68,7 @@ __all__ = [
     "active_slot",
     "batch_texts",
     "check_collection",
+    "claim_batch",
     "collection_names",
     "collection_state",
     "collections_for_model",
@@ -73,9 +77,11 @@ __all__ = [
     "done_batches",
     "export_corpus",
     "finish_build",
+    "join_build",
     "live_slots",
     "load_corpus",
     "parse_documents",
+    "release_batches",
     "restart_build",
     "search_corpus",
     "split_batches",
@@ -269,7 +275,7 @@ async def load_corpus(redis: Redis, lines: Iterable[str], *, collection: str, mo
         pipe.sadd(keys.corpora_by_model(model), collection)
         pipe.sadd(keys.CORPORA, collection)  # the console lists collections from it
         for rev in builds:
-            pipe.delete(keys.corpus_progress(collection, rev))
+            pipe.delete(keys.corpus_progress(collection, rev), keys.corpus_claims(collection, rev))
         new_ids = [d.id for d in docs if d.id not in known]
         if new_ids:
             pipe.rpush(keys.corpus_ids(collection), *new_ids)
@@ -417,12 +423,53 @@ async def start_build(
         build = Build.cut(collection, model, revision, version, size, ids, done)
         pipe.multi()  # type: ignore[no-untyped-call]
         if not resume:
-            pipe.delete(progress_key)
+            pipe.delete(progress_key, keys.corpus_claims(collection, revision))
         pipe.hset(meta_key, _BUILD + revision, build.marker)
         await pipe.execute()
         return build
 
     return await _watched(redis, [meta_key], begin)
+
+
+async def join_build(redis: Redis, collection: str, revision: str) -> Build | None:
+    """The build of ``collection`` at ``revision`` that some job started, to share its batches; None when there
+    is none (not started yet, finished, or cancelled by a load). Writes nothing."""
+    meta = _decode(await redis.hgetall(keys.corpus_meta(check_collection(collection))))  # type: ignore[misc]
+    pinned = json.loads(meta.get(_BUILD + revision, "null"))
+    version = int(meta.get("version", 0))
+    if not isinstance(pinned, dict) or pinned.get("version") != version or meta.get("revision") == revision:
+        return None
+    ids = [i.decode() for i in await redis.lrange(keys.corpus_ids(collection), 0, -1)]  # type: ignore[misc]
+    done = await done_batches(redis, collection, revision)
+    return Build.cut(collection, meta["model"], revision, version, int(pinned["batch_size"]), ids, done)
+
+
+async def claim_batch(claims: BatchClaims, build: Build, *, owner: str, lease_s: float, finished: int = -1
+                      ) -> int | None:
+    """A batch of ``build`` nobody else works on now, leased to ``owner`` for ``lease_s``; None when none is
+    free (every batch is done or leased to others: ``done_batches`` tells which). ``finished``: the batch
+    ``owner`` just stored, whose lease is dropped in the same round trip. CorpusChanged when the build was
+    superseded (a load, a restart from batch 0, or the flip)."""
+    index = await claims.claim(
+        meta=keys.corpus_meta(build.collection), progress=keys.corpus_progress(build.collection, build.revision),
+        claims=keys.corpus_claims(build.collection, build.revision), field=_BUILD + build.revision,
+        marker=build.marker, batches=len(build.batches), lease_ms=max(1, round(lease_s * 1000)), owner=owner,
+        finished=finished)
+    if index == CHANGED:
+        msg = f"the build of {build.collection!r}@{build.revision!r} changed while batches were claimed"
+        raise CorpusChanged(msg)
+    if index in (HELD, ALL_DONE):
+        return None
+    if not 0 <= index < len(build.batches):
+        msg = f"claimed batch {index} is not one of the {len(build.batches)} batches"
+        raise CorpusChanged(msg)
+    return index
+
+
+async def release_batches(claims: BatchClaims, build: Build, *, owner: str) -> int:
+    """Give back the batches ``owner`` still holds (its attempt ended, or a batch failed): another job, or the
+    next attempt, claims them at once."""
+    return await claims.release(claims=keys.corpus_claims(build.collection, build.revision), owner=owner)
 
 
 async def batch_texts(redis: Redis, build: Build, index: int) -> list[str]:
@@ -482,7 +529,7 @@ async def restart_build(redis: Redis, build: Build) -> None:
         except CorpusChanged:
             return
         pipe.multi()  # type: ignore[no-untyped-call]
-        pipe.delete(progress_key)
+        pipe.delete(progress_key, keys.corpus_claims(build.collection, build.revision))
         await pipe.execute()
 
     await _watched(redis, [meta_key, progress_key], reset)
@@ -509,7 +556,7 @@ async def finish_build(redis: Redis, build: Build, *, created: int) -> Flip:
         superseded = old_created is not None and int(old_created) > created
         pipe.multi()  # type: ignore[no-untyped-call]
         pipe.hdel(meta_key, _BUILD + build.revision)
-        pipe.delete(progress_key)
+        pipe.delete(progress_key, keys.corpus_claims(build.collection, build.revision))
         if not superseded:
             pipe.hset(meta_key, mapping={"revision": build.revision, "created": created})
         await pipe.execute()

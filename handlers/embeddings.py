@@ -5,8 +5,12 @@ resumed (``handlers.corpus``): the ids in load order are cut into batches of ``e
 when the build starts), each remaining batch is POSTed to ``/embeddings`` (``embed_concurrency`` batches
 in flight at once: a build waits on the gateway, not on us), its vectors are written to the vector store
 (``RUNINFRA_VECTOR_STORE``) and then the batch is marked done, and the active revision flips once all
-batches are in and the store holds one vector per document. The first batch that fails stops the others
-(batches already done stay done) and its error is the attempt's. The store is then pointed at the new
+batches are in and the store holds one vector per document. A batch that fails stops its job claiming
+more; the batches in flight finish, and the first error is the attempt's.
+
+Batches are claimed one at a time under a lease (``corpus.claim_batch``), so with ``build_parts`` > 1 helper
+jobs on other workers (``join_collection``) share the build: the event's job waits for the batches they
+hold (taking over those whose lease ends) and is the only one that flips. The store is then pointed at the new
 revision and drops every slot no longer active or being built. A retried job runs only the batches not
 marked done; a crash between a write and its mark rewrites the same vectors (the gateway replays the
 same answer for the same key, uncharged).
@@ -29,8 +33,9 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import structlog
@@ -41,8 +46,12 @@ from runinfra_webhooks.handlers.corpus import (
     CorpusChanged,
     active_slot,
     batch_texts,
+    claim_batch,
     collections_for_model,
     complete_build,
+    done_batches,
+    join_build,
+    release_batches,
     start_build,
     store_batch,
 )
@@ -50,6 +59,8 @@ from runinfra_webhooks.handlers.errors import PermanentError, TransientError
 from runinfra_webhooks.handlers.registry import handler
 from runinfra_webhooks.service.core.events import DeploymentReady, DeploymentUpdated
 from runinfra_webhooks.service.settings import WorkerSettings
+from runinfra_webhooks.service.storage.batch_claims import BatchClaims
+from runinfra_webhooks.service.storage.build_parts import enqueue_parts
 from runinfra_webhooks.service.storage.vectors import (
     VectorStore,
     VectorStoreBusy,
@@ -57,12 +68,32 @@ from runinfra_webhooks.service.storage.vectors import (
     open_vector_store,
 )
 
-__all__ = ["embed_collection", "handle", "open_store", "parse_embeddings", "step_name"]
+__all__ = ["BUSY_HERE", "embed_collection", "handle", "join_collection", "open_store", "parse_embeddings",
+           "step_name"]
 
 log = structlog.get_logger(__name__)
 
 MODALITY = "embeddings"
 ROUTE = "/embeddings"
+BUSY_HERE = -1  # join_collection: this process already works on that build
+# How often the event's job looks again at batches leased to other jobs, once it has none left to claim.
+_HELD_POLL_S = 0.05
+
+# Builds this process works on now ((collection, revision) -> jobs): a helper job that lands on a worker already
+# on its build hands itself on, so the helpers spread over the workers instead of doubling one worker's calls.
+_here: dict[tuple[str, str], int] = {}
+
+
+@contextmanager
+def _working_on(build: Build) -> Iterator[None]:
+    key = (build.collection, build.revision)
+    _here[key] = _here.get(key, 0) + 1
+    try:
+        yield
+    finally:
+        _here[key] -= 1
+        if not _here[key]:
+            del _here[key]
 
 
 def step_name(build: Build) -> str:
@@ -150,16 +181,14 @@ async def embed_collection(
         already_done=len(build.done),
     )
 
-    async def one(index: int) -> None:
-        texts = await batch_texts(ctx.require_redis(), build, index)
-        response = await ctx.call_gateway(ROUTE, {"model": model, "input": texts}, step=step_name(build), part=index)
-        vectors = parse_embeddings(response.json(), len(texts))
-        if await store_batch(ctx.require_redis(), store, build, index, vectors):
-            ctx.note_progress()
-
+    settings, redis = ctx.require_settings(), ctx.require_redis()
+    if settings.build_parts > 1 and len(build.pending) > 1:
+        await enqueue_parts(redis, event_id=ctx.event_id, generation=ctx.generation, collection=collection,
+                            revision=revision, parts=settings.build_parts - 1, expiry_s=settings.lost_deadline)
     try:
-        await _each(build.pending, ctx.require_settings().embed_concurrency, one)
-        flipped = await complete_build(ctx.require_redis(), store, build, created=created)
+        with _working_on(build):
+            here = await _run_batches(ctx, store, build, wait=True)
+        flipped = await complete_build(redis, store, build, created=created)
     except CorpusChanged as exc:
         raise TransientError(f"{exc}; the build starts over") from exc
     log.info(
@@ -167,23 +196,73 @@ async def embed_collection(
         event_id=ctx.event_id,
         collection=collection,
         revision=revision,
+        batches_here=here,
     )
     return flipped
 
 
-async def _each(items: Sequence[int], lanes: int, work: Callable[[int], Awaitable[None]]) -> None:
-    """``work(item)`` for every item, at most ``lanes`` at once, in order of start; the first failure cancels
-    the rest and is raised as itself (not wrapped in a group, so PermanentError stays permanent)."""
-    pending = iter(items)
+async def join_collection(ctx: HandlerContext, store: VectorStore, collection: str, revision: str) -> int:
+    """A helper's share of the build of ``collection`` at ``revision`` that the event's own job started: claim
+    and run batches until none is free; returns how many it ran, or ``BUSY_HERE``. Never flips: the event's
+    job does, once every batch is done. A build that is over (or cancelled) gives 0."""
+    if (collection, revision) in _here:
+        return BUSY_HERE
+    build = await join_build(ctx.require_redis(), collection, revision)
+    if build is None:
+        return 0
+    try:
+        with _working_on(build):
+            here = await _run_batches(ctx, store, build, wait=False)
+    except CorpusChanged:  # flipped, restarted or reloaded meanwhile: nothing left for a helper
+        return 0
+    log.info("embeddings.part", event_id=ctx.event_id, collection=collection, revision=revision, batches_here=here)
+    return here
+
+
+async def _run_batches(ctx: HandlerContext, store: VectorStore, build: Build, *, wait: bool) -> int:
+    """Claim and run batches of ``build`` (``embed_concurrency`` at once) until none is free; with ``wait``,
+    then until every batch is done, taking over those whose lease expires. Returns how many ran here.
+
+    A batch's lease lasts ``job_timeout``: no attempt runs longer, so a batch held by an attempt that died is
+    free again by the time arq re-runs a job (and the idempotency key makes a late duplicate call uncharged).
+    """
+    settings, redis = ctx.require_settings(), ctx.require_redis()
+    claims, owner, ran = BatchClaims(redis), uuid.uuid4().hex, 0
+
+    async def one(index: int) -> None:
+        texts = await batch_texts(redis, build, index)
+        response = await ctx.call_gateway(ROUTE, {"model": build.model, "input": texts}, step=step_name(build),
+                                          part=index)
+        vectors = parse_embeddings(response.json(), len(texts))
+        if await store_batch(redis, store, build, index, vectors):
+            ctx.note_progress()
+
+    failures: list[BaseException] = []
 
     async def lane() -> None:
-        for item in pending:  # one shared iterator: each item is taken by exactly one lane
-            await work(item)
+        nonlocal ran
+        finished = -1
+        while not failures and (index := await claim_batch(claims, build, owner=owner, lease_s=settings.job_timeout,
+                                                           finished=finished)) is not None:
+            try:
+                await one(index)
+            except BaseException as exc:
+                failures.append(exc)
+                raise
+            finished, ran = index, ran + 1
 
-    tasks = [asyncio.ensure_future(lane()) for _ in range(min(lanes, len(items)))]
     try:
-        await asyncio.gather(*tasks)
+        while True:
+            # A failure stops the lanes claiming; the batches in flight finish (their answers are paid for),
+            # then the first failure is the attempt's, raised as itself (a PermanentError stays permanent).
+            await asyncio.gather(*(lane() for _ in range(settings.embed_concurrency)), return_exceptions=True)
+            if failures:
+                raise failures[0]
+            if not wait or len(await done_batches(redis, build.collection, build.revision)) == len(build.batches):
+                return ran
+            await asyncio.sleep(_HELD_POLL_S)  # the rest is leased to other jobs: wait for them (or their leases)
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        try:
+            await release_batches(claims, build, owner=owner)
+        except Exception as exc:  # Redis away: the leases end on their own, after job_timeout
+            log.warning("embeddings.release_failed", event_id=ctx.event_id, error=type(exc).__name__)

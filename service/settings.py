@@ -172,6 +172,12 @@ class WorkerSettings(StoreSettings):
     alert_backlog_age: float = Field(300.0, alias="RUNINFRA_ALERT_BACKLOG_AGE", gt=0)
     alert_retry_cap: float = Field(60.0, alias="RUNINFRA_ALERT_RETRY_CAP", gt=0)
 
+    # --- one re-embedding build shared by several workers ------------------------------------------------------
+    # Jobs that work on one build at once: the event's own and build_parts - 1 helpers (one per other worker).
+    build_parts: int = Field(1, alias="RUNINFRA_BUILD_PARTS", ge=1, le=64)
+    # How long a helper that finds its own worker already on the build waits before another worker may take it.
+    build_part_defer: float = Field(0.2, alias="RUNINFRA_BUILD_PART_DEFER", gt=0, le=60)
+
     @field_validator("gateway_rate_limit")
     @classmethod
     def _rate_limit(cls, value: str) -> str:

@@ -1,4 +1,4 @@
-"""The one arq job: process_event(event_id, generation).
+"""The arq jobs: process_event(event_id, generation), and process_part, a helper of a shared build.
 
 Load the record, mark it processing, run the type's handlers on the typed event, store the outcome.
 At-least-once: a job may run again after a crash or a lost acknowledgement, so the record's state and
@@ -16,6 +16,7 @@ from arq import Retry
 from pydantic import ValidationError
 from redis.exceptions import ResponseError
 from runinfra_webhooks.handlers.context import HandlerContext
+from runinfra_webhooks.handlers.embeddings import BUSY_HERE, join_collection, open_store
 from runinfra_webhooks.handlers.registry import Registration
 from runinfra_webhooks.service.core.events import CATALOGUE, Envelope, InvalidJSON, parse_event, parse_json_object
 from runinfra_webhooks.service.gateway.flow import GatewayHeld
@@ -24,7 +25,7 @@ from runinfra_webhooks.service.storage.redis_errors import classify
 from runinfra_webhooks.workers.deps import WorkerDeps
 from runinfra_webhooks.workers.retry import SCRIPT_NAMES, decide
 
-__all__ = ["process_event"]
+__all__ = ["process_event", "process_part"]
 
 log = structlog.get_logger("workers.jobs")
 
@@ -121,3 +122,34 @@ async def _attempt(deps: WorkerDeps, record: EventRecord, generation: int, bound
     await records.succeeded(event_id, generation, _now_ms())
     bound.info("event.succeeded")
     return "succeeded"
+
+
+async def process_part(ctx: dict[str, Any], event_id: str, generation: int, collection: str, revision: str) -> str:
+    """A helper of one build of the event's re-embedding: run the batches it can claim, then end.
+
+    It owns no event state (no attempt, no outcome): the event's own job takes over whatever a helper leaves,
+    including batches of a helper that failed or died, and flips. So a helper's failure is logged, not retried.
+    """
+    deps: WorkerDeps = ctx["deps"]
+    settings = deps.settings
+    bound = log.bind(event_id=event_id, generation=generation, collection=collection, revision=revision, part=True)
+    record = await deps.records.get(event_id)
+    if record is None or record.generation != generation or record.state not in ("queued", "processing", "retrying"):
+        bound.info("part.skipped")  # the event finished, or a replay began a new generation with its own helpers
+        return "skipped"
+
+    async def record_gateway_call(request_id: str, idempotency_key: str) -> None:
+        await deps.records.add_request_id(event_id, request_id, idempotency_key)
+
+    hctx = HandlerContext(event_id=event_id, generation=generation, attempt=record.attempts, settings=settings,
+                          redis=deps.redis, gateway=deps.gateway, log=bound, scripts=deps.records.scripts,
+                          record_gateway_call=record_gateway_call)
+    try:
+        async with asyncio.timeout(settings.job_timeout), open_store(settings, deps.redis) as store:
+            ran = await join_collection(hctx, store, collection, revision)
+    except Exception as exc:  # the event's job redoes what a helper could not
+        bound.warning("part.failed", error=type(exc).__name__)
+        return "failed"
+    if ran == BUSY_HERE:
+        raise Retry(defer=settings.build_part_defer)  # let another worker take it
+    return "done"

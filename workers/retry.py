@@ -13,7 +13,7 @@ from runinfra_webhooks.handlers import deployments
 from runinfra_webhooks.handlers.errors import PermanentError, TransientError
 from runinfra_webhooks.service.gateway.backoff import backoff_delay
 from runinfra_webhooks.service.gateway.client import GatewayPermanentError, GatewayTransientError
-from runinfra_webhooks.service.storage import records
+from runinfra_webhooks.service.storage import batch_claims, records
 from runinfra_webhooks.service.storage.redis_errors import classify, script_names
 
 __all__ = ["Decision", "decide"]
@@ -48,6 +48,7 @@ SCRIPT_NAMES = script_names({
     "records.start": records.START_SCRIPT, "records.finish": records.FINISH_SCRIPT,
     "records.add_request_id": records.ADD_REQUEST_ID_SCRIPT, "records.handler_done": records.HANDLER_DONE_SCRIPT,
     "deployments.apply": deployments.APPLY_SCRIPT,
+    "corpus.claim": batch_claims.CLAIM_SCRIPT, "corpus.release": batch_claims.RELEASE_SCRIPT,
 })
 
 

@@ -26,7 +26,7 @@ from runinfra_webhooks.service.storage.records import Records
 from runinfra_webhooks.service.tracing import NO_TRACING, Tracing
 from runinfra_webhooks.workers.alerts import Alerts
 from runinfra_webhooks.workers.deps import WorkerDeps
-from runinfra_webhooks.workers.jobs import process_event
+from runinfra_webhooks.workers.jobs import process_event, process_part
 from runinfra_webhooks.workers.metrics import WorkerMetrics
 from runinfra_webhooks.workers.monitor import monitor_loop
 from runinfra_webhooks.workers.sweep import sweep_once
@@ -150,6 +150,10 @@ def build_worker(settings: WorkerSettings, *, registry: Registry | None = None, 
         metrics.job(outcome)
         return outcome
 
+    async def run_part(ctx: dict[str, Any], event_id: str, generation: int, collection: str, revision: str) -> str:
+        with job_deadline(settings.job_timeout):
+            return await process_part(ctx, event_id, generation, collection, revision)
+
     async def on_startup(ctx: dict[str, Any]) -> None:
         redis = ctx["redis"]
         records = Records(redis, event_retention=settings.event_retention,
@@ -190,7 +194,10 @@ def build_worker(settings: WorkerSettings, *, registry: Registry | None = None, 
     return _Worker(
         functions=[func(run_event, name=arq_job.FUNCTION, timeout=settings.job_timeout + ARQ_MARGIN_S,
                         # our own attempt limit dead-letters first; arq's only guards against a loop
-                        max_tries=settings.max_attempts + ARQ_EXTRA_TRIES)],
+                        max_tries=settings.max_attempts + ARQ_EXTRA_TRIES),
+                   # a helper of a shared build hands itself on (Retry) while its worker is on that build already
+                   func(run_part, name=arq_job.PART_FUNCTION, timeout=settings.job_timeout + ARQ_MARGIN_S,
+                        max_tries=ARQ_EXTRA_TRIES)],
         redis_settings=arq_redis_settings(settings.redis_url),
         job_serializer=arq_job.serialize,
         job_deserializer=arq_job.deserialize,

@@ -1,4 +1,4 @@
-"""arq's job format, owned here: the function name, arq's keys, the job id and the JSON job itself.
+"""arq's job format, owned here: the function names, arq's keys, the job ids and the JSON jobs themselves.
 
 The receiver's ingest script, the replay and sweep scripts and the worker all take the job from this module,
 so the format a stock arq 0.28 worker reads is written in one place. It is arq's own
@@ -15,16 +15,22 @@ __all__ = [
     "FUNCTION",
     "IN_PROGRESS",
     "JOB",
+    "PART_FUNCTION",
     "QUEUE",
     "RETRY",
     "deserialize",
     "job_id",
+    "part_job_id",
+    "part_payload",
     "payload",
     "payload_around_generation",
     "serialize",
 ]
 
 FUNCTION = "process_event"  # the one arq function every event job calls: process_event(event_id, generation)
+# A helper job that shares one build of an event's re-embedding: build_part(event_id, generation, collection,
+# revision). It owns no event state; the event's own job decides the outcome.
+PART_FUNCTION = "build_part"
 QUEUE = "arq:queue"  # zset job_id -> score (ms when runnable)
 JOB = "arq:job:"  # + job_id: serialized job (JSON), PX = expires
 IN_PROGRESS = "arq:in-progress:"  # + job_id: set while a worker runs it; PX = job timeout + 10 s
@@ -34,6 +40,18 @@ RETRY = "arq:retry:"  # + job_id: arq's try counter
 def job_id(event_id: str, generation: int) -> str:
     """arq job id of one generation of an event (replay bumps the generation)."""
     return f"{event_id}@{generation}"
+
+
+def part_job_id(event_id: str, generation: int, collection: str, revision: str, part: int) -> str:
+    """arq job id of helper ``part`` (1, 2, ...) of the build of ``collection`` at ``revision`` for one
+    generation of an event; fixed, so enqueuing it again while it waits or runs adds nothing."""
+    return f"{job_id(event_id, generation)}#{collection}@{revision}#part{int(part)}"
+
+
+def part_payload(event_id: str, generation: int, collection: str, revision: str, enqueue_ms: int) -> str:
+    """The helper job as arq stores it (``serialize`` of arq's dict)."""
+    return serialize({"t": 1, "f": PART_FUNCTION, "a": [event_id, int(generation), collection, revision], "k": {},
+                      "et": int(enqueue_ms)}).decode()
 
 
 def payload(event_id: str, generation: int, enqueue_ms: int, job_try: int = 1) -> str:

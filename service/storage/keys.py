@@ -47,6 +47,7 @@ __all__ = [
     "audit_body",
     "console_session",
     "corpora_by_model",
+    "corpus_claims",
     "corpus_docs",
     "corpus_ids",
     "corpus_meta",
@@ -180,6 +181,12 @@ def corpus_vector_slots(collection: str) -> str:
     """Set: ``<version>:<revision>`` of each ``corpus_vectors`` hash of the collection, so leftovers can be
     dropped without a SCAN."""
     return f"{PREFIX}corpus:{collection}:vector-slots"
+
+
+def corpus_claims(collection: str, revision: str) -> str:
+    """Hash: batch index -> ``<expiry ms>:<owner>`` lease of a job working on it, and ``next``, the first batch
+    never handed out (``batch_claims``). Deleted with the progress bitmap it goes with."""
+    return f"{PREFIX}corpus:{collection}:claims:{revision}"
 
 
 def corpus_progress(collection: str, revision: str) -> str:
