@@ -37,3 +37,12 @@ def test_keys_are_arqs_own() -> None:
     assert (arq_job.QUEUE, arq_job.JOB, arq_job.IN_PROGRESS, arq_job.RETRY) == (
         constants.default_queue_name, constants.job_key_prefix, constants.in_progress_key_prefix,
         constants.retry_key_prefix)
+
+
+def test_part_payload_is_what_arq_serializes_for_a_build_part() -> None:
+    """A helper job of a shared build is arq's own format too, for the second function."""
+    theirs = serialize_job(arq_job.PART_FUNCTION, ("evt_3", 2, "kb", "rev_9"), {}, 1, 1_700_000_000_900,
+                           serializer=arq_job.serialize)
+    assert arq_job.part_payload("evt_3", 2, "kb", "rev_9", 1_700_000_000_900).encode() == theirs
+    job = deserialize_job(theirs, deserializer=arq_job.deserialize)
+    assert (job.function, list(job.args)) == ("build_part", ["evt_3", 2, "kb", "rev_9"])
