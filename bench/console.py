@@ -30,10 +30,10 @@ from typing import Any
 
 import httpx
 import redis as sync_redis
-from runinfra_webhooks.service.storage import keys
-from runinfra_webhooks.service.storage.listing import Cursor
 
 from bench.run import PY, ROOT, SERVER_CORE, TASKSET, RedisProc, free_port, ingest_once, loadavg, log, median, stop
+from runinfra_webhooks.service.storage import keys
+from runinfra_webhooks.service.storage.listing import Cursor
 
 TOKEN = "bench-console-token-0123456789abcdefghij"  # noqa: S105 - the bench's own console
 TYPES = ("deployment.created", "deployment.ready", "deployment.updated", "deployment.failed", "deployment.deleted",
@@ -204,8 +204,9 @@ async def _script_run(redis_url: str, script: str, tag: str, n: int) -> float:
     """Redis CPU microseconds per delivery for ``n`` queued deliveries through ``script``."""
     import asyncio
 
-    import runinfra_webhooks.service.storage.ingest as ingest_module
     from redis.asyncio import Redis
+
+    import runinfra_webhooks.service.storage.ingest as ingest_module
     from runinfra_webhooks.service.storage.ingest import Delivery, Ingestor, IngestOutcome
 
     ingest_module._SCRIPT = script
@@ -230,7 +231,6 @@ def bench_script(out: Path, args: argparse.Namespace) -> dict[str, Any]:
     import asyncio
 
     import runinfra_webhooks.service.storage.ingest as ingest_module
-
     from bench.variant_app import without_console_index
 
     full = ingest_module._SCRIPT

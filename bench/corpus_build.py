@@ -59,6 +59,7 @@ def _settings(redis_url: str, base_url: str, store_url: str, work: Path, concurr
 async def one_helper(redis_url: str, base_url: str, store_url: str, work: Path, concurrency: int) -> dict[str, Any]:
     """A helper of the build another process runs: join it until it has flipped; how many batches ran here."""
     from redis.asyncio import Redis
+
     from runinfra_webhooks.handlers.context import HandlerContext
     from runinfra_webhooks.handlers.embeddings import join_collection
     from runinfra_webhooks.service.gateway.client import GatewayClient
@@ -82,6 +83,7 @@ async def one_helper(redis_url: str, base_url: str, store_url: str, work: Path, 
 async def one_build(redis_url: str, base_url: str, store_url: str, n: int, work: Path,
                     concurrency: int) -> dict[str, Any]:
     from redis.asyncio import Redis
+
     from runinfra_webhooks.handlers.context import HandlerContext
     from runinfra_webhooks.handlers.corpus import active_slot, load_corpus
     from runinfra_webhooks.handlers.embeddings import embed_collection

@@ -22,6 +22,7 @@ import uvloop
 from arq import Worker
 from arq.connections import RedisSettings
 from arq.worker import func
+
 from runinfra_webhooks.service.gc_tuning import settle_after_startup
 from runinfra_webhooks.service.logs import configure_logging
 from runinfra_webhooks.service.settings import load_settings

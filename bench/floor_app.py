@@ -19,6 +19,7 @@ from typing import Any
 
 import structlog
 import uvicorn
+
 from runinfra_webhooks.service.core import signature
 from runinfra_webhooks.service.logs import configure_logging
 from runinfra_webhooks.service.receiver.request_id import _new_id

@@ -25,11 +25,11 @@ from typing import Any, cast
 
 import redis as sync_redis
 from redis.asyncio import Redis
+
+from bench.run import EXAMPLES, GIT, REDIS_SERVER, TASKSET, Commands, free_port
 from runinfra_webhooks.service.core.signature import sign
 from runinfra_webhooks.service.storage import arq_job, keys
 from runinfra_webhooks.service.storage.ingest import _SCRIPT, Delivery, Ingestor, IngestOutcome
-
-from bench.run import EXAMPLES, GIT, REDIS_SERVER, TASKSET, Commands, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = b"whsec_bench_0123456789abcdef"

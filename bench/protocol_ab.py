@@ -18,10 +18,11 @@ import statistics
 import time
 from typing import Any
 
-from runinfra_webhooks.service.receiver.edge import EdgeLimits, bounded_protocol
 from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
+
+from runinfra_webhooks.service.receiver.edge import EdgeLimits, bounded_protocol
 
 REQUEST = (b"POST /webhooks/runinfra HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n"
            b"runinfra-signature: t=1796163992,v1=" + b"a" * 64 + b"\r\ncontent-length: 300\r\n\r\n" + b"x" * 300)

@@ -32,6 +32,7 @@ import redis as sync_redis
 from arq.connections import RedisSettings, create_pool
 from redis.asyncio import Redis
 from redis.client import Pipeline
+
 from runinfra_webhooks.service.core.signature import sign
 from runinfra_webhooks.service.storage import arq_job, keys
 from runinfra_webhooks.service.storage.ingest import Delivery, Ingestor, IngestOutcome

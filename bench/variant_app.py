@@ -16,9 +16,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+import uvicorn
+
 import runinfra_webhooks.service.receiver.webhook as receiver_module
 import runinfra_webhooks.service.storage.ingest as ingest_module
-import uvicorn
 from runinfra_webhooks.service.gc_tuning import settle_after_startup
 from runinfra_webhooks.service.logs import configure_logging
 from runinfra_webhooks.service.receiver.app import create_app

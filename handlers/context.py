@@ -8,11 +8,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import structlog
+
 from runinfra_webhooks.handlers.errors import PermanentError
 from runinfra_webhooks.service.gateway.client import GatewayResponse, idempotency_key
 
 if TYPE_CHECKING:  # kept out of the import: the library API must import without Redis
     from redis.asyncio import Redis
+
     from runinfra_webhooks.service.gateway.client import GatewayClient
     from runinfra_webhooks.service.settings import WorkerSettings
     from runinfra_webhooks.service.storage.coalesce import CoalescedScript, Coalescer

@@ -53,6 +53,7 @@ from typing import Any, TypeVar
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import WatchError
+
 from runinfra_webhooks.service.storage import keys
 from runinfra_webhooks.service.storage.batch_claims import ALL_DONE, CHANGED, HELD, BatchClaims
 from runinfra_webhooks.service.storage.coalesce import Coalescer

@@ -40,6 +40,7 @@ from typing import Any
 
 import structlog
 from redis.asyncio import Redis
+
 from runinfra_webhooks.handlers.context import HandlerContext
 from runinfra_webhooks.handlers.corpus import (
     Build,

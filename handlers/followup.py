@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+
 from runinfra_webhooks.handlers.context import HandlerContext
 from runinfra_webhooks.handlers.errors import PermanentError
 from runinfra_webhooks.handlers.registry import handler

@@ -20,6 +20,7 @@ from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, create_model
+
 from runinfra_webhooks.service.core.events import CATALOGUE, Envelope
 
 if TYPE_CHECKING:

@@ -13,6 +13,7 @@ from typing import Annotated, Any, TypeVar, overload
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
 from runinfra_webhooks.service.core.route_limits import parse_concurrency, parse_rate_limits
 from runinfra_webhooks.service.storage.redis_url import parse_redis_url
 from runinfra_webhooks.service.storage.vectors.url import parse_store_url

@@ -10,12 +10,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from runinfra_webhooks.service.core.signature import Outcome, verify
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from runinfra_webhooks.service.core.signature import Outcome, verify
 from tests.servers import serve_in_thread
 
 ALERT_SECRET = "whsec_alerts_test"

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
 from runinfra_webhooks.service.core.signature import sign
 
 SECRET = "whsec_test_primary_0123456789"

@@ -11,11 +11,11 @@ import pytest
 import redis as sync_redis
 import structlog
 from redis.asyncio import Redis
+
 from runinfra_webhooks.service.core import signature
 from runinfra_webhooks.service.receiver.app import create_app
 from runinfra_webhooks.service.settings import Settings, load_settings
 from runinfra_webhooks.service.storage.vectors import VectorStore, open_vector_store
-
 from tests.builders import OLD_SECRET, SECRET
 from tests.leakwatch import LeakWatch, ScanHandler
 from tests.redis_server import Db, RedisServer, as_db

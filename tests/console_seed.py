@@ -9,10 +9,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
+
 from runinfra_webhooks.service.core.signature import sign
 from runinfra_webhooks.service.storage.ingest import Delivery, Ingestor, IngestOutcome
 from runinfra_webhooks.service.storage.records import Records
-
 from tests.builders import OLD_SECRET, SECRET, example_event
 
 TOKEN = "console-test-token-0123456789abcdefghij"

@@ -6,8 +6,8 @@ import json
 import time
 
 from redis.asyncio import Redis
-from runinfra_webhooks.service.storage.ingest import Delivery, Ingestor, IngestOutcome
 
+from runinfra_webhooks.service.storage.ingest import Delivery, Ingestor, IngestOutcome
 from tests.builders import example_event
 
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from runinfra_webhooks.service.devtools.gateway_stub import create_stub_app
 
+from runinfra_webhooks.service.devtools.gateway_stub import create_stub_app
 from tests.servers import serve_in_thread
 
 __all__ = ["StubServer", "start_gateway_stub"]

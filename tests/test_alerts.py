@@ -9,11 +9,11 @@ from collections.abc import Iterator
 
 import pytest
 from redis.asyncio import Redis
+
 from runinfra_webhooks.service.storage import keys
 from runinfra_webhooks.service.storage.coalesce import Coalescer
 from runinfra_webhooks.service.storage.records import Records
 from runinfra_webhooks.workers.alerts import BACKLOG_STALE, CIRCUIT_OPENED, EVENT_DEAD_LETTERED, Alerts
-
 from tests.alert_sink import AlertSink, alert_sink
 from tests.queued import queue
 from tests.redis_server import as_async_db

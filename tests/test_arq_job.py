@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from arq import constants
 from arq.jobs import deserialize_job, serialize_job
+
 from runinfra_webhooks.service.storage import arq_job
 
 

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from runinfra_webhooks.service.storage import keys
 
+from runinfra_webhooks.service.storage import keys
 from tests.builders import OLD_SECRET, SECRET, example_event, post_delivery, signed_delivery
 from tests.processes import stack_env
 from tests.redis_server import Db
@@ -135,6 +135,7 @@ async def test_retention_archives_then_trims_and_the_rest_still_verifies(
 ) -> None:
     """Trimming by age writes the old entries to an archive first; the chain's base moves, both verify."""
     from redis.asyncio import Redis
+
     from runinfra_webhooks.service.storage.audit_store import trim_audit
 
     cutoff_ms = int(filled[2].split("-")[0]) + 1  # entries received before the fourth

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from runinfra_webhooks.service.core.audit import chain_hash, entry_digest
 from runinfra_webhooks.service.storage import keys
-
 from tests.builders import example_event, signed_delivery
 from tests.processes import stack_env
 from tests.redis_server import Db
@@ -167,6 +167,7 @@ async def test_verify_with_the_archive_detects_a_base_moved_past_unarchived_entr
     """A trim archives entry 1; then entries 2-3 are trimmed by hand and the base moved: Redis alone verifies
     clean (out of its reach), `verify --archive` finds the base is not the last archived entry."""
     from redis.asyncio import Redis
+
     from runinfra_webhooks.service.storage.audit_store import trim_audit
 
     archive = tmp_path / "archive"

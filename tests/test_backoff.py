@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from email.utils import format_datetime
 
 import pytest
+
 from runinfra_webhooks.service.gateway.backoff import backoff_delay, parse_retry_after
 
 NOW = 1_700_000_000.0

@@ -20,9 +20,9 @@ from typing import Any
 import httpx
 import pytest
 import structlog
+
 from runinfra_webhooks.service.receiver.app import create_app
 from runinfra_webhooks.service.storage import keys
-
 from tests.builders import WEBHOOK_PATH, example_event, post_delivery, signed_delivery
 from tests.conftest import make_settings
 from tests.processes import Proc, stack_env, started_receiver

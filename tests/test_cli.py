@@ -14,8 +14,8 @@ from typing import Any
 
 import httpx
 import pytest
-from runinfra_webhooks.service.devtools.session import DevSession, find_running_dev, write_session
 
+from runinfra_webhooks.service.devtools.session import DevSession, find_running_dev, write_session
 from tests.builders import SECRET
 from tests.processes import stack_env, wait_until
 from tests.redis_server import free_port

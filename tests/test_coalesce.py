@@ -6,8 +6,8 @@ import asyncio
 
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
-from runinfra_webhooks.service.storage.coalesce import Coalescer
 
+from runinfra_webhooks.service.storage.coalesce import Coalescer
 from tests.redis_server import as_async_db
 
 # Returns its argument, or fails with a script error when asked to.

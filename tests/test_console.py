@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 import redis as sync_redis
 from redis.asyncio import Redis
+from starlette.testclient import TestClient
+
 from runinfra_webhooks.handlers.corpus import load_corpus
 from runinfra_webhooks.service.console.access import SECURITY_HEADERS
 from runinfra_webhooks.service.console.app import create_console_app
 from runinfra_webhooks.service.settings import Settings
 from runinfra_webhooks.service.storage import keys
-from starlette.testclient import TestClient
-
 from tests.builders import OLD_SECRET, SECRET
 from tests.conftest import make_settings
 from tests.console_seed import TOKEN, seed

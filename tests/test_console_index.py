@@ -7,13 +7,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from redis.asyncio import Redis
+
 from runinfra_webhooks.service.console.operations import verify_audit
 from runinfra_webhooks.service.storage import keys
 from runinfra_webhooks.service.storage.event_index import HISTORY_MAX_BYTES, needs_rebuild, rebuild, trim_expired
 from runinfra_webhooks.service.storage.ingest import Delivery, Ingestor, IngestOutcome
 from runinfra_webhooks.service.storage.listing import Cursor, EventFilter, EventIndex
 from runinfra_webhooks.service.storage.records import Records
-
 from tests.builders import OLD_SECRET, SECRET, example_event, signed_delivery
 
 

@@ -8,6 +8,7 @@ from typing import Any, overload
 
 import pytest
 from redis.asyncio import Redis
+
 from runinfra_webhooks.handlers.corpus import (
     Build,
     CorpusChanged,
@@ -29,7 +30,6 @@ from runinfra_webhooks.handlers.corpus import (
 )
 from runinfra_webhooks.service.storage import keys
 from runinfra_webhooks.service.storage.vectors import Slot, VectorStore
-
 from tests.redis_server import as_async_db
 
 

@@ -19,8 +19,8 @@ import httpx
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
-from runinfra_webhooks.service.cli.main import build_parser
 
+from runinfra_webhooks.service.cli.main import build_parser
 from tests.builders import example_event, signed_delivery
 from tests.processes import Proc, stack_env, wait_until
 from tests.redis_server import free_port

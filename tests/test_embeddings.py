@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 from redis.asyncio import Redis
+
 from runinfra_webhooks.handlers import corpus, embeddings
 from runinfra_webhooks.handlers.context import HandlerContext
 from runinfra_webhooks.handlers.corpus import active_slot, export_corpus, load_corpus
@@ -20,7 +21,6 @@ from runinfra_webhooks.service.core.events import DeploymentReady, DeploymentUpd
 from runinfra_webhooks.service.gateway.client import GatewayClient, GatewayTransientError, idempotency_key
 from runinfra_webhooks.service.storage import keys
 from runinfra_webhooks.service.storage.vectors import Slot, VectorStore, open_vector_store
-
 from tests.builders import example_event, signed_delivery
 from tests.conftest import make_settings
 from tests.processes import stack_env, wait_until, worker_process

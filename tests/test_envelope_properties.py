@@ -16,6 +16,7 @@ import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
+
 from runinfra_webhooks.service.core.events import (
     CATALOGUE,
     MAX_CREATED,
@@ -26,7 +27,6 @@ from runinfra_webhooks.service.core.events import (
     parse_event,
     parse_json_object,
 )
-
 from tests.builders import example_event
 
 ID_RULE = re.compile(r"[\x21-\x7e]{1,255}")

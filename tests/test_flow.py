@@ -11,6 +11,7 @@ from collections.abc import Mapping
 
 import pytest
 from redis.asyncio import Redis
+
 from runinfra_webhooks.service.core.route_limits import RouteLimits
 from runinfra_webhooks.service.gateway.client import GatewayClient, GatewayResponse, GatewayTransientError
 from runinfra_webhooks.service.gateway.flow import (
@@ -24,7 +25,6 @@ from runinfra_webhooks.service.gateway.flow import (
 )
 from runinfra_webhooks.service.storage.coalesce import Coalescer
 from runinfra_webhooks.service.storage.records import Records
-
 from tests.queued import queue
 from tests.stubserver import STUB_API_KEY, StubServer
 

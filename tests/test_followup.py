@@ -10,13 +10,13 @@ from urllib.parse import unquote
 
 import pytest
 from redis.asyncio import Redis
+
 from runinfra_webhooks.handlers import followup
 from runinfra_webhooks.handlers.context import HandlerContext
 from runinfra_webhooks.handlers.errors import PermanentError
 from runinfra_webhooks.service.core.events import TranscriptionCompleted, parse_event
 from runinfra_webhooks.service.gateway.client import GatewayClient, GatewayTransientError, idempotency_key
 from runinfra_webhooks.service.storage import keys
-
 from tests.builders import example_event
 from tests.conftest import make_settings
 from tests.stubserver import STUB_API_KEY, StubServer

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 import structlog
+
 from runinfra_webhooks.service.gateway.client import (
     GatewayClient,
     GatewayError,
@@ -22,7 +23,6 @@ from runinfra_webhooks.service.gateway.client import (
     idempotency_key,
 )
 from runinfra_webhooks.service.settings import Settings
-
 from tests.stubserver import STUB_API_KEY, StubServer
 
 EMBED = {"model": "stub-embed", "input": ["a", "b"]}

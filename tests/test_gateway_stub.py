@@ -14,8 +14,8 @@ from typing import Any
 
 import httpx
 import pytest
-from runinfra_webhooks.service.devtools.gateway_stub import create_stub_app
 
+from runinfra_webhooks.service.devtools.gateway_stub import create_stub_app
 from tests.stubserver import STUB_API_KEY, StubServer, start_gateway_stub
 
 AUTH = {"Authorization": f"Bearer {STUB_API_KEY}"}

@@ -7,8 +7,8 @@ import json
 import httpx
 import pytest
 import redis as sync_redis
-from runinfra_webhooks.service.storage import keys
 
+from runinfra_webhooks.service.storage import keys
 from tests.builders import example_event, signed_delivery
 
 PATH = "/webhooks/runinfra"

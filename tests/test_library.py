@@ -9,6 +9,8 @@ import sys
 from typing import Any
 
 import pytest
+from starlette.datastructures import Headers
+
 import runinfra_webhooks
 from runinfra_webhooks import (
     DeploymentReady,
@@ -20,8 +22,6 @@ from runinfra_webhooks import (
     WebhookVerificationError,
     sign,
 )
-from starlette.datastructures import Headers
-
 from tests.builders import example_event
 from tests.test_signature import CASES, NOW, OTHER, SECRET
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from runinfra_webhooks import sign
 
+from runinfra_webhooks import sign
 from tests.builders import SECRET, example_event
 from tests.redis_server import free_port
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from runinfra_webhooks.service.core.route_limits import RouteLimits, parse_concurrency, parse_rate_limits, route_limits
 from runinfra_webhooks.service.settings import ConfigError, load_settings
 

@@ -9,10 +9,10 @@ import time
 from pathlib import Path
 
 from redis.asyncio import Redis
+
 from runinfra_webhooks.service.storage import keys
 from runinfra_webhooks.service.storage.pause import is_paused, pause, paused_types, resume
 from runinfra_webhooks.service.storage.records import Records
-
 from tests.processes import stack_env
 from tests.queued import queue
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from runinfra_webhooks.service.receiver.app import create_app
 
+from runinfra_webhooks.service.receiver.app import create_app
 from tests.builders import signed_delivery
 from tests.conftest import make_settings
 from tests.redis_server import RedisServer

@@ -11,9 +11,9 @@ from typing import Any
 
 import httpx
 import pytest
+
 from runinfra_webhooks.service.receiver.app import create_app
 from runinfra_webhooks.service.storage import keys
-
 from tests.builders import OLD_SECRET, WEBHOOK_PATH, example_event, post_delivery, signed_delivery
 from tests.conftest import make_settings
 from tests.redis_server import Db, RedisServer, as_db

@@ -10,6 +10,7 @@ import sys
 import pytest
 from arq.connections import RedisSettings
 from redis.asyncio.sentinel import SentinelConnectionPool
+
 from runinfra_webhooks.service.settings import ConfigError, load_settings
 from runinfra_webhooks.service.storage.connection import arq_redis_settings, connect
 from runinfra_webhooks.service.storage.redis_url import RedisTarget, RedisUrlError, parse_redis_url

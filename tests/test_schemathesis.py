@@ -20,11 +20,11 @@ import hypothesis
 import pytest
 import requests
 import schemathesis
+from schemathesis import APIOperation, Case, GenerationMode
+
 from runinfra_webhooks.service.console.app import create_console_app
 from runinfra_webhooks.service.core.signature import sign
 from runinfra_webhooks.service.receiver.app import create_app
-from schemathesis import APIOperation, Case, GenerationMode
-
 from tests.builders import SECRET
 from tests.conftest import make_settings
 from tests.redis_server import RedisServer

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
+
 from runinfra_webhooks.handlers.deployments import APPLY_SCRIPT
 from runinfra_webhooks.service.core.events import MAX_CREATED
 from runinfra_webhooks.service.core.trace_context import new_traceparent
@@ -26,7 +27,6 @@ from runinfra_webhooks.service.storage.ingest import Delivery, Ingestor, IngestO
 from runinfra_webhooks.service.storage.redis_errors import classify
 from runinfra_webhooks.workers.retry import SCRIPT_NAMES, decide
 from runinfra_webhooks.workers.settings import build_worker
-
 from tests.builders import SECRET, example_event
 from tests.conftest import make_settings
 from tests.redis_server import Db, as_async_db

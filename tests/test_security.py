@@ -25,11 +25,11 @@ import pytest
 import redis as sync_redis
 import schemathesis
 import structlog
+
 from runinfra_webhooks.service.core import signature
 from runinfra_webhooks.service.core.signature import Outcome, sign, verify
 from runinfra_webhooks.service.receiver.app import create_app
 from runinfra_webhooks.service.storage import keys
-
 from tests.builders import OLD_SECRET, SECRET, example_event, post_delivery, signed_delivery
 from tests.conftest import make_settings
 from tests.leakwatch import LeakWatch

@@ -13,13 +13,13 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
+
 from runinfra_webhooks.handlers import corpus, embeddings
 from runinfra_webhooks.handlers.context import HandlerContext
 from runinfra_webhooks.handlers.corpus import CorpusChanged, claim_batch, join_build, load_corpus, start_build
 from runinfra_webhooks.service.gateway.client import GatewayClient, idempotency_key
 from runinfra_webhooks.service.storage import keys
 from runinfra_webhooks.service.storage.batch_claims import CLAIM_SCRIPT, BatchClaims
-
 from tests.builders import example_event, signed_delivery
 from tests.conftest import make_settings
 from tests.processes import Proc, stack_env, wait_until

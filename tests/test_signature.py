@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from runinfra_webhooks.service.core.signature import (
     MAX_HEADER_LENGTH,
     MAX_SIGNATURES,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from runinfra_webhooks.service.core.signature import MAX_HEADER_LENGTH, Outcome, Verification, sign, verify
 
 NOW = 1_764_086_400

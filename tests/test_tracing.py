@@ -10,11 +10,11 @@ import httpx
 import pytest
 import redis as sync_redis
 from redis.asyncio import Redis
+
 from runinfra_webhooks.service.core.trace_context import new_traceparent, trace_id_of
 from runinfra_webhooks.service.storage import keys
 from runinfra_webhooks.service.storage.records import Records
 from runinfra_webhooks.service.tracing import NO_TRACING, setup_tracing, tracing_requested
-
 from tests.builders import example_event, signed_delivery
 
 VALID = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"

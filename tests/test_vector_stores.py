@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from qdrant_client import AsyncQdrantClient
 from redis.asyncio import Redis
+
 from runinfra_webhooks.service.settings import ConfigError
 from runinfra_webhooks.service.storage import keys
 from runinfra_webhooks.service.storage.vectors import (
@@ -20,7 +21,6 @@ from runinfra_webhooks.service.storage.vectors import (
     open_vector_store,
     parse_store_url,
 )
-
 from tests.conftest import make_settings
 from tests.processes import stack_env
 from tests.redis_server import as_async_db

@@ -8,9 +8,9 @@ import time
 from pathlib import Path
 
 from redis.asyncio import Redis
+
 from runinfra_webhooks.service.storage.ingest import Delivery, Ingestor, IngestOutcome
 from runinfra_webhooks.workers.settings import build_worker
-
 from tests.builders import example_event
 from tests.conftest import make_settings
 from tests.down_pool import DownPool

@@ -32,6 +32,7 @@ from typing import Any, Final
 import httpx
 import structlog
 from redis.asyncio import Redis
+
 from runinfra_webhooks.service.core.signature import sign
 from runinfra_webhooks.service.gateway.backoff import backoff_delay
 from runinfra_webhooks.service.storage import keys

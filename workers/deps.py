@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
+
 from runinfra_webhooks.handlers.registry import Registry
 from runinfra_webhooks.service.gateway.client import GatewayClient
 from runinfra_webhooks.service.settings import WorkerSettings

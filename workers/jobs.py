@@ -15,6 +15,7 @@ import structlog
 from arq import Retry
 from pydantic import ValidationError
 from redis.exceptions import ResponseError
+
 from runinfra_webhooks.handlers.context import HandlerContext
 from runinfra_webhooks.handlers.embeddings import BUSY_HERE, join_collection, open_store
 from runinfra_webhooks.handlers.registry import Registration

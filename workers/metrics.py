@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
 from runinfra_webhooks.service.gateway.flow import BreakerState
 
 __all__ = ["BREAKER_STATES", "WorkerMetrics"]

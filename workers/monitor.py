@@ -9,6 +9,7 @@ import time
 
 import structlog
 from redis.asyncio import Redis
+
 from runinfra_webhooks.service.gateway.flow import breaker_states
 from runinfra_webhooks.service.storage import keys
 from runinfra_webhooks.service.storage.connection import STORAGE_ERRORS

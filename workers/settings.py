@@ -15,6 +15,7 @@ from typing import Any
 import structlog
 from arq import Retry, Worker
 from arq.worker import func
+
 from runinfra_webhooks.handlers.registry import Registry, load_registry
 from runinfra_webhooks.service.core.route_limits import route_limits
 from runinfra_webhooks.service.gateway.client import GatewayClient

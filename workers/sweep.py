@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 
 import structlog
+
 from runinfra_webhooks.service.storage import keys
 from runinfra_webhooks.service.storage.audit_store import trim_audit
 from runinfra_webhooks.service.storage.event_index import trim_expired

@@ -17,6 +17,7 @@ from typing import IO, Any
 import httpx
 import structlog
 from redis.asyncio import Redis
+
 from runinfra_webhooks.handlers.registry import Registry
 from runinfra_webhooks.service.core.audit import verify_entries
 from runinfra_webhooks.service.core.audit_file import AuditFileError, ExportTrailer, parse_lines
@@ -67,6 +68,7 @@ def _records(settings: StoreSettings, redis: Redis) -> Records:
 # --- processes -----------------------------------------------------------------------------------
 def serve(settings: ReceiverSettings, registry: Registry, host: str, port: int) -> int:
     import uvicorn
+
     from runinfra_webhooks.service.logs import configure_logging
     from runinfra_webhooks.service.receiver.app import create_app
     from runinfra_webhooks.service.receiver.edge import EdgeLimits, bounded_protocol
@@ -87,6 +89,7 @@ def serve(settings: ReceiverSettings, registry: Registry, host: str, port: int) 
 
 def console(settings: ConsoleSettings, host: str, port: int, *, reindex: bool = False) -> int:
     import uvicorn
+
     from runinfra_webhooks.service.console.app import ConsoleNotConfigured, create_console_app
     from runinfra_webhooks.service.logs import configure_logging
 
@@ -109,6 +112,7 @@ def worker(settings: WorkerSettings, registry: Registry, *, burst: bool, metrics
     import asyncio
 
     import uvloop
+
     from runinfra_webhooks.service.logs import configure_logging
     from runinfra_webhooks.workers.settings import build_worker
 

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
-from runinfra_webhooks.service.storage import keys
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from runinfra_webhooks.service.storage import keys
 
 __all__ = [
     "COOKIE",

@@ -6,6 +6,10 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
 from runinfra_webhooks.handlers.deployments import list_deployments
 from runinfra_webhooks.service.console.access import bearer_ok
 from runinfra_webhooks.service.console.context import Console, now_ms
@@ -13,9 +17,6 @@ from runinfra_webhooks.service.console.filters import FilterError, parse_filter
 from runinfra_webhooks.service.console.operations import ReplayRefused, replay_matching, replay_one, verify_audit
 from runinfra_webhooks.service.receiver.problems import NotFound, Problem
 from runinfra_webhooks.service.storage.listing import BadCursor, Cursor
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 __all__ = ["Unauthorized", "api_routes"]
 

@@ -10,6 +10,14 @@ from importlib import resources
 
 import structlog
 from redis.asyncio import Redis
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp
+
 from runinfra_webhooks.service.console.access import SecurityHeadersMiddleware, Sessions
 from runinfra_webhooks.service.console.api import api_routes
 from runinfra_webhooks.service.console.context import Console, now_ms
@@ -28,13 +36,6 @@ from runinfra_webhooks.service.storage.event_index import needs_rebuild, rebuild
 from runinfra_webhooks.service.storage.listing import EventIndex
 from runinfra_webhooks.service.storage.records import Records
 from runinfra_webhooks.service.tracing import NO_TRACING, Tracing
-from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
-from starlette.middleware import Middleware
-from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
-from starlette.routing import Route
-from starlette.types import ASGIApp
 
 __all__ = ["ConsoleNotConfigured", "create_console_app"]
 

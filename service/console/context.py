@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
+
 from runinfra_webhooks.service.console.access import Sessions
 from runinfra_webhooks.service.settings import ConsoleSettings
 from runinfra_webhooks.service.storage.listing import EventIndex

@@ -8,6 +8,7 @@ from dataclasses import replace
 from typing import Any
 
 from redis.asyncio import Redis
+
 from runinfra_webhooks.service.core.audit import verify_entries
 from runinfra_webhooks.service.storage.audit_store import (
     audit_base,

@@ -15,6 +15,11 @@ from typing import Any
 from urllib.parse import urlencode
 
 from jinja2 import Environment, PackageLoader
+from starlette.datastructures import FormData
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import Route
+
 from runinfra_webhooks.handlers.deployments import list_deployments
 from runinfra_webhooks.service.console.access import COOKIE, Session, token_ok
 from runinfra_webhooks.service.console.charts import deliveries_chart
@@ -25,10 +30,6 @@ from runinfra_webhooks.service.core.events import CATALOGUE
 from runinfra_webhooks.service.storage import keys
 from runinfra_webhooks.service.storage.event_index import STATES
 from runinfra_webhooks.service.storage.listing import BadCursor, Cursor, EventFilter
-from starlette.datastructures import FormData
-from starlette.requests import Request
-from starlette.responses import HTMLResponse, RedirectResponse, Response
-from starlette.routing import Route
 
 __all__ = ["page_routes", "template_env"]
 

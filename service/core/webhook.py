@@ -11,6 +11,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
 from pydantic import ValidationError
+
 from runinfra_webhooks.service.core import signature
 from runinfra_webhooks.service.core.events import (
     CATALOGUE,

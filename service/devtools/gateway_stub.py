@@ -40,14 +40,15 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import uvicorn
-from runinfra_webhooks.service.devtools.gateway_stub_state import TIMEOUT, Fault, FaultPlan, StoredResponse, StubState
-from runinfra_webhooks.service.tracing import setup_tracing
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+
+from runinfra_webhooks.service.devtools.gateway_stub_state import TIMEOUT, Fault, FaultPlan, StoredResponse, StubState
+from runinfra_webhooks.service.tracing import setup_tracing
 
 __all__ = ["create_stub_app", "main", "run_stub"]
 

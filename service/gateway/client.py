@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import structlog
+
 from runinfra_webhooks.service.gateway.backoff import backoff_delay, parse_retry_after
 
 if TYPE_CHECKING:

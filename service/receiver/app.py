@@ -10,6 +10,13 @@ from collections.abc import AsyncIterator
 import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio import Redis
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
 from runinfra_webhooks.handlers.registry import Registry, load_registry
 from runinfra_webhooks.service.receiver.metrics import ReceiverMetrics
 from runinfra_webhooks.service.receiver.problems import (
@@ -27,12 +34,6 @@ from runinfra_webhooks.service.storage.connection import STORAGE_ERRORS, connect
 from runinfra_webhooks.service.storage.ingest import Ingestor
 from runinfra_webhooks.service.storage.redis_errors import classify
 from runinfra_webhooks.service.tracing import NO_TRACING, Tracing
-from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
-from starlette.middleware import Middleware
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 __all__ = ["create_app"]
 

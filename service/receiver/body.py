@@ -12,9 +12,10 @@ from __future__ import annotations
 import asyncio
 
 import structlog
+from starlette.requests import ClientDisconnect, Request
+
 from runinfra_webhooks.service.receiver.problems import BodyTooLarge, ClientDisconnected, RequestTimeout
 from runinfra_webhooks.service.receiver.request_id import request_id_of
-from starlette.requests import ClientDisconnect, Request
 
 __all__ = ["read_limited_body"]
 

@@ -22,10 +22,11 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from runinfra_webhooks.service.core.ids import new_id
 from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
+
+from runinfra_webhooks.service.core.ids import new_id
 
 __all__ = ["EdgeLimits", "bounded_protocol"]
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from runinfra_webhooks.service.core.ids import new_id
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from runinfra_webhooks.service.core.ids import new_id
 
 __all__ = ["RequestIdMiddleware", "request_id_of"]
 

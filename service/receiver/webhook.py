@@ -15,6 +15,9 @@ from typing import Any
 
 import structlog
 from pydantic import BaseModel, ValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
 from runinfra_webhooks.service.core import signature
 from runinfra_webhooks.service.core.events import (
     CATALOGUE,
@@ -38,8 +41,6 @@ from runinfra_webhooks.service.settings import ReceiverSettings
 from runinfra_webhooks.service.storage.connection import STORAGE_ERRORS
 from runinfra_webhooks.service.storage.ingest import Delivery, Ingestor, IngestOutcome
 from runinfra_webhooks.service.storage.redis_errors import classify
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
 
 __all__ = ["Receiver"]
 

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from redis.asyncio import Redis
+
 from runinfra_webhooks.service.core.audit import GENESIS, entry_as_json
 from runinfra_webhooks.service.core.audit_file import ExportTrailer
 from runinfra_webhooks.service.storage import keys

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from redis.asyncio import Redis
+
 from runinfra_webhooks.service.storage import arq_job
 
 __all__ = ["enqueue_parts"]

@@ -12,6 +12,7 @@ from arq.connections import RedisSettings
 from redis.asyncio import Redis
 from redis.asyncio.sentinel import Sentinel
 from redis.exceptions import RedisError
+
 from runinfra_webhooks.service.storage.redis_url import parse_redis_url
 
 __all__ = ["STORAGE_ERRORS", "Persistence", "arq_redis_settings", "connect", "persistence"]

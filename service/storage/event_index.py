@@ -8,6 +8,7 @@ key holds and costs is in ``keys.py``.
 from __future__ import annotations
 
 from redis.asyncio import Redis
+
 from runinfra_webhooks.service.storage import keys
 
 __all__ = ["HISTORY_MAX_BYTES", "INDEX_LUA", "STATES", "needs_rebuild", "rebuild", "trim_expired"]

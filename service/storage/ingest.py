@@ -17,6 +17,7 @@ from importlib import resources
 from typing import Any
 
 from redis.asyncio import Redis
+
 from runinfra_webhooks.service.core.audit import EntryMac, body_sha256, entry_digest, entry_key
 from runinfra_webhooks.service.core.ids import new_id
 from runinfra_webhooks.service.storage import arq_job, keys

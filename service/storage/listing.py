@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
+
 from runinfra_webhooks.service.storage import keys
 from runinfra_webhooks.service.storage.event_index import STATES
 from runinfra_webhooks.service.storage.records import EventRecord

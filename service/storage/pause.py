@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 
 from redis.asyncio import Redis
+
 from runinfra_webhooks.service.storage import arq_job, keys
 
 __all__ = ["EVENT_TYPE", "is_paused", "pause", "paused_types", "resume"]

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from redis.asyncio import Redis
+
 from runinfra_webhooks.service.core.trace_context import new_traceparent, trace_id_of
 from runinfra_webhooks.service.storage import arq_job, keys
 from runinfra_webhooks.service.storage.coalesce import Coalescer

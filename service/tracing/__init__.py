@@ -20,9 +20,10 @@ from collections.abc import Callable, Mapping, MutableMapping
 from contextlib import AbstractContextManager
 from typing import Any, Literal
 
+from starlette.middleware import Middleware
+
 from runinfra_webhooks.service.core.trace_context import new_traceparent
 from runinfra_webhooks.service.storage.records import EventRecord
-from starlette.middleware import Middleware
 
 __all__ = ["NO_TRACING", "Role", "Tracing", "setup_tracing", "tracing_requested"]
 

@@ -26,10 +26,11 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import Link, SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from starlette.middleware import Middleware
+
 from runinfra_webhooks.service.storage import keys
 from runinfra_webhooks.service.storage.records import EventRecord
 from runinfra_webhooks.service.tracing import LogProcessor, Role, Tracing
-from starlette.middleware import Middleware
 
 __all__ = ["OtelTracing"]
 

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from runinfra_webhooks.service.storage import keys
 
+from runinfra_webhooks.service.storage import keys
 from tests.builders import WEBHOOK_PATH, example_event, signed_delivery
 from tests.processes import Proc, wait_until
 from tests.redis_server import Db

@@ -19,8 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from runinfra_webhooks.service.storage import keys
 
+from runinfra_webhooks.service.storage import keys
 from tests.alert_sink import AlertSink, alert_sink
 from tests.fault.harness import deliver_all, report, scaled, transcription, wait_final, workers
 from tests.processes import stack_env, wait_until

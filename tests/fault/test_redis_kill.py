@@ -14,8 +14,8 @@ from typing import Any
 
 import httpx
 import pytest
-from runinfra_webhooks.service.storage import keys
 
+from runinfra_webhooks.service.storage import keys
 from tests.fault.harness import (
     FINAL,
     SCALE,

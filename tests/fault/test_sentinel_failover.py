@@ -23,8 +23,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from runinfra_webhooks.service.storage import keys
 
+from runinfra_webhooks.service.storage import keys
 from tests.builders import WEBHOOK_PATH, signed_delivery
 from tests.fault.harness import FINAL, deployment, records, report, wait_final, workers
 from tests.processes import stack_env, started_receiver, wait_until

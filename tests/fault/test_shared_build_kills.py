@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
-from runinfra_webhooks.service.storage import keys
 
+from runinfra_webhooks.service.storage import keys
 from tests.builders import example_event
 from tests.fault.harness import deliver_all, report, settled_charges, wait_final
 from tests.processes import Proc, stack_env, wait_until

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
+
 from runinfra_webhooks.handlers.registry import Registry
 from runinfra_webhooks.service.storage import keys
 from runinfra_webhooks.service.storage.ingest import Delivery, Ingestor, IngestOutcome
 from runinfra_webhooks.service.storage.records import EventRecord, Records
 from runinfra_webhooks.workers.deps import WorkerDeps
 from runinfra_webhooks.workers.sweep import sweep_once
-
 from tests.conftest import make_settings
 
 pytestmark = pytest.mark.fault

@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 import pytest
-from runinfra_webhooks.service.storage import keys
 
+from runinfra_webhooks.service.storage import keys
 from tests.fault.harness import deliver_all, now_ms, records, report, settled_charges, transcription, wait_final
 from tests.processes import Proc, wait_until
 from tests.redis_server import Db, RedisServer

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import structlog
 from redis.exceptions import ConnectionError as RedisConnectionError
-from runinfra_webhooks.workers.settings import REDIS_RETRY_S, build_worker
 
+from runinfra_webhooks.workers.settings import REDIS_RETRY_S, build_worker
 from tests.conftest import make_settings
 from tests.down_pool import DownPool
 

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from redis.asyncio import Redis
+
 from runinfra_webhooks.service.storage.vectors.base import (
     Hit,
     Slot,

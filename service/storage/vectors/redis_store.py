@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Collection, Sequence
 import numpy as np
 import numpy.typing as npt
 from redis.asyncio import Redis
+
 from runinfra_webhooks.service.storage import keys
 from runinfra_webhooks.service.storage.vectors.base import Hit, Slot, VectorStoreError, check_vectors
 
