@@ -41,6 +41,12 @@ def stack_env(redis_url: str, stub_base_url: str, artifacts: Path, **extra: str)
     return env
 
 
+def cli(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """One run of the console script, its output captured; the exit code is the caller's to check."""
+    return subprocess.run([sys.executable, "-m", "runinfra_webhooks", *args], env=env, capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
 class Proc:
     """One console-script process with its output in a log file."""
 

@@ -3,21 +3,14 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from runinfra_webhooks.service.storage import keys
 from tests.builders import OLD_SECRET, SECRET, example_event, post_delivery, signed_delivery
-from tests.processes import stack_env
+from tests.processes import cli, stack_env
 from tests.redis_server import Db
-
-
-def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "runinfra_webhooks", *args], env=env, capture_output=True, text=True,
-                          timeout=60, check=False)
 
 
 @pytest.fixture

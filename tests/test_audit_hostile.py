@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import httpx
@@ -17,15 +16,10 @@ import pytest
 from runinfra_webhooks.service.core.audit import chain_hash, entry_digest
 from runinfra_webhooks.service.storage import keys
 from tests.builders import example_event, signed_delivery
-from tests.processes import stack_env
+from tests.processes import cli, stack_env
 from tests.redis_server import Db
 
 PATH = "/webhooks/runinfra"
-
-
-def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "runinfra_webhooks", *args], env=env, capture_output=True, text=True,
-                          timeout=60, check=False)
 
 
 @pytest.fixture

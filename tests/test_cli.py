@@ -17,13 +17,8 @@ import pytest
 
 from runinfra_webhooks.service.devtools.session import DevSession, find_running_dev, write_session
 from tests.builders import SECRET
-from tests.processes import stack_env, wait_until
+from tests.processes import cli, stack_env, wait_until
 from tests.redis_server import free_port
-
-
-def cli(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "runinfra_webhooks", *args], env=env, capture_output=True, text=True,
-                          timeout=timeout, check=False)
 
 
 @pytest.fixture

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -23,7 +21,7 @@ from runinfra_webhooks.service.storage import keys
 from runinfra_webhooks.service.storage.vectors import Slot, VectorStore, open_vector_store
 from tests.builders import example_event, signed_delivery
 from tests.conftest import make_settings
-from tests.processes import stack_env, wait_until, worker_process
+from tests.processes import cli, stack_env, wait_until, worker_process
 from tests.redis_server import as_async_db
 from tests.stubserver import STUB_API_KEY, StubServer
 from tests.vectorstores import store_url
@@ -332,11 +330,6 @@ async def test_build_resumes_after_a_crash_at_any_batch_charging_each_batch_once
 
 
 # --- the whole loop with real processes ---------------------------------------------------------------
-def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "runinfra_webhooks", *args], env=env, capture_output=True, text=True,
-                          timeout=60, check=False)
-
-
 def test_worker_reembeds_a_loaded_corpus_and_search_finds_each_document_by_its_own_text(
     receiver_url: str, redis_url: str, stub: StubServer, tmp_path: Path, store_kind: str
 ) -> None:

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.builders import example_event, signed_delivery
-from tests.processes import stack_env, started_receiver, wait_until, worker_process
+from tests.processes import cli, stack_env, started_receiver, wait_until, worker_process
 from tests.stubserver import StubServer, start_gateway_stub
 
 TEAM_MODULE = '''
@@ -130,13 +130,8 @@ def _post(url: str, event: dict[str, Any]) -> httpx.Response:
     return httpx.post(url + "/webhooks/runinfra", content=body, headers=headers, timeout=30)
 
 
-def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "runinfra_webhooks", *args], env=env, capture_output=True,
-                          text=True, timeout=60, check=False)
-
-
 def _state(env: dict[str, str], event_id: str) -> dict[str, Any]:
-    out = _cli(env, "events", "show", event_id)
+    out = cli(env, "events", "show", event_id)
     return json.loads(out.stdout) if out.returncode == 0 else {}
 
 
@@ -212,7 +207,7 @@ def test_a_permanent_error_dead_letters_with_its_code(stack: str, team_env: dict
     assert _post(stack, event).status_code == 202
     state = _wait_state(team_env, event["id"], "dead_lettered")
     assert (state["reason"], state["attempts"]) == ("oncall_unreachable", 1)
-    registry = json.loads(_cli(team_env, "deployments", "--json").stdout)
+    registry = json.loads(cli(team_env, "deployments", "--json").stdout)
     assert event["data"]["deployment_id"] in {row["deployment_id"] for row in registry}
 
 
@@ -226,7 +221,7 @@ def test_a_handler_from_an_installed_entry_point_runs(stack: str, team_env: dict
 
 def test_handlers_command_lists_every_handler_with_its_origin(team_env: dict[str, str]) -> None:
     """`handlers --json`: built-ins first, then RUNINFRA_HANDLERS, then the entry point, each with its origin."""
-    out = _cli(team_env, "handlers", "--json")
+    out = cli(team_env, "handlers", "--json")
     assert out.returncode == 0, out.stderr
     rows = json.loads(out.stdout)
     by_name = {(r["type"], r["handler"]): r["origin"] for r in rows}
@@ -235,15 +230,15 @@ def test_handlers_command_lists_every_handler_with_its_origin(team_env: dict[str
     assert by_name[("plugin.ping", "team_plugin_reactions:pong")].startswith("entry point team")
     failed = [r["handler"] for r in rows if r["type"] == "deployment.failed"]
     assert failed == ["runinfra_webhooks.handlers.deployments:handle", "team_reactions:page_on_call"]
-    text = _cli(team_env, "handlers")
+    text = cli(team_env, "handlers")
     assert "team_reactions:summarise" in text.stdout and "RUNINFRA_HANDLERS" in text.stdout
 
 
 def test_builtin_reactions_can_be_switched_off(team_env: dict[str, str]) -> None:
     """RUNINFRA_BUILTIN_REACTIONS= (empty) leaves only the team's own handlers."""
-    rows = json.loads(_cli({**team_env, "RUNINFRA_BUILTIN_REACTIONS": ""}, "handlers", "--json").stdout)
+    rows = json.loads(cli({**team_env, "RUNINFRA_BUILTIN_REACTIONS": ""}, "handlers", "--json").stdout)
     assert rows and all(r["origin"] != "builtin" for r in rows)
-    only = json.loads(_cli({**team_env, "RUNINFRA_BUILTIN_REACTIONS": "followup"}, "handlers", "--json").stdout)
+    only = json.loads(cli({**team_env, "RUNINFRA_BUILTIN_REACTIONS": "followup"}, "handlers", "--json").stdout)
     assert {r["handler"] for r in only if r["origin"] == "builtin"} == {"runinfra_webhooks.handlers.followup:handle"}
 
 
@@ -265,7 +260,7 @@ def test_a_bad_handler_module_is_named_in_one_line(
     if source is not None:
         module = "bad_team"
         (tmp_path / "team" / "bad_team.py").write_text(source)
-    out = _cli({**team_env, "RUNINFRA_HANDLERS": module}, "handlers")
+    out = cli({**team_env, "RUNINFRA_HANDLERS": module}, "handlers")
     assert out.returncode == 2, out.stdout + out.stderr
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "RUNINFRA_HANDLERS" in lines[0] and expected in lines[0], lines
@@ -277,7 +272,7 @@ def test_serve_and_worker_refuse_to_start_with_a_broken_handler_module(
 ) -> None:
     """The receiver and the worker load the handlers at start-up and stop there: exit 2, one line."""
     (tmp_path / "team" / "bad_team.py").write_text("raise ImportError('missing dependency')\n")
-    out = _cli({**team_env, "RUNINFRA_HANDLERS": "team_reactions,bad_team"}, *command)
+    out = cli({**team_env, "RUNINFRA_HANDLERS": "team_reactions,bad_team"}, *command)
     assert out.returncode == 2, out.stdout + out.stderr
     assert out.stderr.strip() == ("runinfra-webhooks: RUNINFRA_HANDLERS: module 'bad_team' cannot be imported: "
                                   "ImportError: missing dependency")

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +14,7 @@ import redis as sync_redis
 
 from tests.builders import OLD_SECRET, SECRET, example_event, signed_delivery
 from tests.otlp_collector import Collector, SpanRecord, otlp_collector
-from tests.processes import Proc, started_receiver, wait_until
+from tests.processes import Proc, cli, started_receiver, wait_until
 from tests.redis_server import RedisServer
 from tests.stubserver import STUB_API_KEY, StubServer
 from tests.traced_stack import STUB_SERVICE, children, consumer_spans, server_span, start_stub, traced_env
@@ -64,11 +62,6 @@ def deliver(stack: Stack, event: dict[str, Any], traceparent: str | None = None)
     if traceparent is not None:
         headers["traceparent"] = traceparent
     return httpx.post(stack.receiver_url + PATH, content=body, headers=headers, timeout=30)
-
-
-def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "runinfra_webhooks", *args], env=env, capture_output=True,
-                          text=True, timeout=60, check=False)
 
 
 def show(env: dict[str, str], event_id: str) -> dict[str, Any]:

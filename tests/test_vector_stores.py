@@ -22,7 +22,7 @@ from runinfra_webhooks.service.storage.vectors import (
     parse_store_url,
 )
 from tests.conftest import make_settings
-from tests.processes import stack_env
+from tests.processes import cli, stack_env
 from tests.redis_server import as_async_db
 
 SLOT = Slot("docs", "rev_0001", 1)
@@ -154,18 +154,13 @@ async def test_qdrant_embedded_mode_shares_one_client_in_a_process_and_waits_for
         assert await again.count(SLOT) == 1
 
 
-def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "runinfra_webhooks", *args], env=env, capture_output=True, text=True,
-                          timeout=60, check=False)
-
-
 def test_corpus_search_refuses_bad_usage_and_unknown_collections(redis_url: str, tmp_path: Path) -> None:
     """`corpus search` with -k below 1 or empty text is bad usage (2); an unknown collection is a failure (1)."""
     env = stack_env(redis_url, "http://127.0.0.1:9/v1", tmp_path / "artifacts")
-    assert _cli(env, "corpus", "search", "tea", "--collection", "kb", "-k", "0").returncode == 2
-    assert _cli(env, "corpus", "search", " ", "--collection", "kb").returncode == 2
-    unknown = _cli(env, "corpus", "search", "tea", "--collection", "nope")
+    assert cli(env, "corpus", "search", "tea", "--collection", "kb", "-k", "0").returncode == 2
+    assert cli(env, "corpus", "search", " ", "--collection", "kb").returncode == 2
+    unknown = cli(env, "corpus", "search", "tea", "--collection", "nope")
     assert unknown.returncode == 1 and "does not exist" in unknown.stderr and unknown.stdout == ""
-    bad_store = _cli({**env, "RUNINFRA_VECTOR_STORE": "qdrant+path://relative"}, "corpus", "export",
+    bad_store = cli({**env, "RUNINFRA_VECTOR_STORE": "qdrant+path://relative"}, "corpus", "export",
                      "--collection", "kb")
     assert bad_store.returncode == 2 and "RUNINFRA_VECTOR_STORE" in bad_store.stderr

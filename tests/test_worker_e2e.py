@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 import wave
 from collections.abc import Iterator
@@ -16,7 +14,7 @@ import httpx
 import pytest
 
 from tests.builders import example_event, post_delivery, signed_delivery
-from tests.processes import Proc, stack_env, wait_until, worker_process
+from tests.processes import Proc, cli, stack_env, wait_until, worker_process
 from tests.stubserver import StubServer, start_gateway_stub
 
 
@@ -34,11 +32,6 @@ def worker(env: dict[str, str], tmp_path: Path) -> Iterator[Proc]:
 def deliver(receiver_url: str, event: dict[str, Any]) -> httpx.Response:
     body, headers = signed_delivery(event)
     return post_delivery(receiver_url, body, headers)
-
-
-def cli(env: dict[str, str], *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "runinfra_webhooks", *args], env=env, capture_output=True, text=True,
-                          input=stdin, timeout=60, check=False)
 
 
 def state_of(env: dict[str, str], event_id: str) -> dict[str, Any]:

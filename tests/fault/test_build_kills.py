@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import random
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,7 +18,7 @@ import pytest
 from runinfra_webhooks.service.storage import keys
 from tests.builders import example_event
 from tests.fault.harness import deliver_all, report, scaled, settled_charges, wait_final
-from tests.processes import Proc, stack_env, wait_until
+from tests.processes import Proc, cli, stack_env, wait_until
 from tests.redis_server import Db, RedisServer
 from tests.stubserver import start_gateway_stub
 from tests.vectorstores import store_url
@@ -32,11 +30,6 @@ REVISION = "rev_0001"  # the example deployment.ready's
 KILLS = 3
 # (documents, batch size): Qdrant's embedded mode commits each point on its own (~25 ms), so it gets fewer.
 SIZES = {"redis": (scaled(1_500), 12), "qdrant": (scaled(240), 8)}
-
-
-def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "runinfra_webhooks", *args], env=env, capture_output=True, text=True,
-                          timeout=120, check=False)
 
 
 def progress(db: Db) -> int:
@@ -66,7 +59,7 @@ def test_worker_sigkilled_at_random_batches_of_a_build_charges_each_batch_once_a
     with start_gateway_stub(latency=0.03) as stub:
         env = stack_env(redis_aof.url, stub.base_url, tmp_path / "artifacts", RUNINFRA_EMBED_BATCH_SIZE=str(batch),
                         RUNINFRA_VECTOR_STORE=store_url(kind, tmp_path), RUNINFRA_JOB_TIMEOUT="3")
-        loaded = cli(env, "corpus", "load", str(corpus), "--collection", "kb", "--model", MODEL)
+        loaded = cli(env, "corpus", "load", str(corpus), "--collection", "kb", "--model", MODEL, timeout=120)
         assert loaded.returncode == 0, loaded.stderr
         event = example_event("deployment.ready")
         deliver_all(receiver, [event])
@@ -95,10 +88,11 @@ def test_worker_sigkilled_at_random_batches_of_a_build_charges_each_batch_once_a
                 p.terminate()
         c = settled_charges(stub, expected=batches)
         replayed = sum(bool(call["replayed"]) for call in stub.calls() if call["route"] == "/v1/embeddings")
-        found = cli(env, "corpus", "search", texts[batches // 2 * batch], "--collection", "kb", "-k", "1")
+        found = cli(env, "corpus", "search", texts[batches // 2 * batch], "--collection", "kb", "-k", "1",
+                    timeout=120)
     logs = "".join((tmp_path / f"worker-{i}.log").read_text(errors="replace") for i in range(len(kills) + 1))
     flips = logs.count('"event":"embeddings.done"')
-    exported = cli(env, "corpus", "export", "--collection", "kb")
+    exported = cli(env, "corpus", "export", "--collection", "kb", timeout=120)
     rows = [json.loads(line) for line in exported.stdout.splitlines()]
 
     report(f"build_sigkill_{kind}", documents=documents, batches=batches, seed=seed, kills=len(kills),

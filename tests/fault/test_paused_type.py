@@ -8,8 +8,6 @@ processed as usual; after `resume` every one of them is processed, with one char
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -27,18 +25,13 @@ from tests.fault.harness import (
     transcription,
     wait_final,
 )
-from tests.processes import Proc, stack_env
+from tests.processes import Proc, cli, stack_env
 from tests.redis_server import Db, RedisServer
 from tests.stubserver import StubServer
 
 pytestmark = pytest.mark.fault
 
 HELD_FOR = 5.0  # seconds the paused events wait after the other type has been processed
-
-
-def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "runinfra_webhooks", *args], env=env, capture_output=True, text=True,
-                          timeout=60, check=False)
 
 
 def test_paused_type_is_acknowledged_and_audited_but_not_attempted_until_resumed(
