@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +21,7 @@ from runinfra_webhooks.service.storage import keys
 from tests.builders import OLD_SECRET, SECRET
 from tests.conftest import make_settings
 from tests.console_seed import TOKEN, seed
+from tests.processes import cli
 
 PAGES = ["/", "/events", "/events/evt_x", "/dead-letters", "/deployments", "/corpus", "/audit"]
 FORM_POSTS = ["/logout", "/events/evt_x/replay", "/dead-letters/replay", "/audit/verify"]
@@ -144,8 +143,7 @@ def test_rejects_another_sessions_csrf_token_and_replays_nothing(client: TestCli
 def test_refuses_to_start_without_a_console_token(tmp_path: Path, redis_url: str) -> None:
     """`runinfra-webhooks console` without RUNINFRA_CONSOLE_TOKEN exits 2 with one line naming it."""
     env = {"PATH": "/usr/bin:/bin", "REDIS_URL": redis_url}
-    done = subprocess.run([sys.executable, "-m", "runinfra_webhooks", "console", "--port", "1"], env=env,
-                          capture_output=True, text=True, timeout=60, check=False)
+    done = cli(env, "console", "--port", "1")
     assert done.returncode == 2
     assert "RUNINFRA_CONSOLE_TOKEN" in done.stderr
 
@@ -153,8 +151,7 @@ def test_refuses_to_start_without_a_console_token(tmp_path: Path, redis_url: str
 def test_refuses_a_console_token_shorter_than_32_characters(tmp_path: Path, redis_url: str) -> None:
     """A short token is a bad setting: exit 2, and the message shows no part of it."""
     env = {"PATH": "/usr/bin:/bin", "REDIS_URL": redis_url, "RUNINFRA_CONSOLE_TOKEN": "short-token-value"}
-    done = subprocess.run([sys.executable, "-m", "runinfra_webhooks", "console"], env=env, capture_output=True,
-                          text=True, timeout=60, check=False)
+    done = cli(env, "console")
     assert done.returncode == 2
     assert "RUNINFRA_CONSOLE_TOKEN" in done.stderr
     assert "short-token-value" not in done.stderr

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -13,7 +11,7 @@ from redis.asyncio import Redis
 from runinfra_webhooks.service.storage import keys
 from runinfra_webhooks.service.storage.pause import is_paused, pause, paused_types, resume
 from runinfra_webhooks.service.storage.records import Records
-from tests.processes import stack_env
+from tests.processes import cli, stack_env
 from tests.queued import queue
 
 
@@ -85,20 +83,16 @@ async def test_cli_pause_resume_and_events_show_paused(redis: Redis, redis_url: 
     """`pause TYPE` / `resume TYPE` answer JSON, `events show` says paused while it is, bad types exit 2."""
     env = stack_env(redis_url, "http://127.0.0.1:9/v1", tmp_path / "artifacts")
 
-    def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "runinfra_webhooks", *args], env=env, capture_output=True,
-                              text=True, timeout=60, check=False)
-
     await queue(redis, "transcription.completed", "evt_c1")
-    paused = cli("pause", "transcription.completed")
+    paused = cli(env, "pause", "transcription.completed")
     assert paused.returncode == 0 and json.loads(paused.stdout) == {"paused": ["transcription.completed"]}
-    assert json.loads(cli("events", "show", "evt_c1").stdout)["paused"] is True
+    assert json.loads(cli(env, "events", "show", "evt_c1").stdout)["paused"] is True
     await records(redis).start("evt_c1", 0, now_ms())
-    resumed = cli("resume", "transcription.completed")
+    resumed = cli(env, "resume", "transcription.completed")
     assert resumed.returncode == 0
     assert json.loads(resumed.stdout) == {"resumed": "transcription.completed", "requeued": 1, "paused": []}
-    shown = json.loads(cli("events", "show", "evt_c1").stdout)
+    shown = json.loads(cli(env, "events", "show", "evt_c1").stdout)
     assert shown["paused"] is False and shown["state"] == "queued"
-    assert cli("pause", "Not A Type").returncode == 2
-    assert cli("pause").returncode == 2
-    assert cli("resume", "--all").returncode == 0
+    assert cli(env, "pause", "Not A Type").returncode == 2
+    assert cli(env, "pause").returncode == 2
+    assert cli(env, "resume", "--all").returncode == 0

@@ -4,8 +4,6 @@ message that says what is wrong (and never echoes the URL, which may hold a pass
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import pytest
 from arq.connections import RedisSettings
@@ -14,6 +12,7 @@ from redis.asyncio.sentinel import SentinelConnectionPool
 from runinfra_webhooks.service.settings import ConfigError, load_settings
 from runinfra_webhooks.service.storage.connection import arq_redis_settings, connect
 from runinfra_webhooks.service.storage.redis_url import RedisTarget, RedisUrlError, parse_redis_url
+from tests.processes import cli
 
 SECRET = "whsec_test_primary_0123456789"
 
@@ -145,8 +144,7 @@ def test_start_up_stops_with_exit_2_on_a_malformed_redis_url() -> None:
     """A process given a malformed REDIS_URL exits 2 with one line on stderr, without the password."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RUNINFRA_")}
     env.update(RUNINFRA_WEBHOOK_SECRET=SECRET, REDIS_URL="redis+sentinel://:hunter2@sentinel-0")
-    proc = subprocess.run([sys.executable, "-m", "runinfra_webhooks", "worker"], env=env, capture_output=True,
-                          text=True, timeout=60, check=False)
+    proc = cli(env, "worker")
     assert proc.returncode == 2, proc
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "REDIS_URL" in lines[0] and "no master name" in lines[0], proc.stderr

@@ -4,8 +4,6 @@ one flip, every batch charged once."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +20,7 @@ from runinfra_webhooks.service.storage import keys
 from runinfra_webhooks.service.storage.batch_claims import CLAIM_SCRIPT, BatchClaims
 from tests.builders import example_event, signed_delivery
 from tests.conftest import make_settings
-from tests.processes import Proc, stack_env, wait_until
+from tests.processes import Proc, cli, stack_env, wait_until
 from tests.redis_server import Db, as_async_db
 from tests.stubserver import STUB_API_KEY, StubServer, start_gateway_stub
 
@@ -51,9 +49,7 @@ def test_two_worker_processes_share_one_build_charging_each_batch_once_and_flipp
     with start_gateway_stub(latency=0.03) as stub:
         env = stack_env(redis_url, stub.base_url, tmp_path / "artifacts", RUNINFRA_EMBED_BATCH_SIZE=str(batch),
                         RUNINFRA_EMBED_CONCURRENCY="2", RUNINFRA_BUILD_PARTS="2")
-        loaded = subprocess.run([sys.executable, "-m", "runinfra_webhooks", "corpus", "load", str(corpus_file),
-                                 "--collection", "kb", "--model", MODEL], env=env, capture_output=True, text=True,
-                                timeout=60, check=False)
+        loaded = cli(env, "corpus", "load", str(corpus_file), "--collection", "kb", "--model", MODEL)
         assert loaded.returncode == 0, loaded.stderr
         workers = [Proc(["worker"], env, tmp_path / f"worker-{i}.log") for i in range(2)]
         try:

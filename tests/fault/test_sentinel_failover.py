@@ -13,8 +13,6 @@ down-after-milliseconds 1000, failover-timeout 5000). Events are deployment.* (n
 from __future__ import annotations
 
 import itertools
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -27,7 +25,7 @@ import pytest
 from runinfra_webhooks.service.storage import keys
 from tests.builders import WEBHOOK_PATH, signed_delivery
 from tests.fault.harness import FINAL, deployment, records, report, wait_final, workers
-from tests.processes import stack_env, started_receiver, wait_until
+from tests.processes import cli, stack_env, started_receiver, wait_until
 from tests.redis_server import RedisServer, as_db
 from tests.sentinel import ReplicaServer, SentinelServer
 from tests.stubserver import StubServer
@@ -161,8 +159,7 @@ def test_a_sentinel_failover_under_load_answers_503_then_recovers_in_place(stub:
             inflight_left = db.zcard(keys.INFLIGHT)
             # The command line goes through Sentinel too.
             probe = after[0]
-            show = subprocess.run([sys.executable, "-m", "runinfra_webhooks", "events", "show", probe], env=env,
-                                  capture_output=True, text=True, timeout=60, check=False)
+            show = cli(env, "events", "show", probe)
 
     labels = Counter(a.label for a in answers)
     first_ack_after_kill = min((a.ended for a in answers if a.acked and a.started >= killed_at), default=None)

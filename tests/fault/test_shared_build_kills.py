@@ -7,8 +7,6 @@ done by the event's own job; every batch is charged once at the gateway, and the
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,7 +15,7 @@ import pytest
 from runinfra_webhooks.service.storage import keys
 from tests.builders import example_event
 from tests.fault.harness import deliver_all, report, settled_charges, wait_final
-from tests.processes import Proc, stack_env, wait_until
+from tests.processes import Proc, cli, stack_env, wait_until
 from tests.redis_server import Db, RedisServer
 from tests.stubserver import start_gateway_stub
 
@@ -40,9 +38,7 @@ def test_a_killed_helper_workers_batches_are_taken_over_each_charged_once_and_on
     with start_gateway_stub(latency=0.03) as stub:
         env = stack_env(redis_aof.url, stub.base_url, tmp_path / "artifacts", RUNINFRA_EMBED_BATCH_SIZE=str(batch),
                         RUNINFRA_EMBED_CONCURRENCY="2", RUNINFRA_BUILD_PARTS="2", RUNINFRA_JOB_TIMEOUT="3")
-        loaded = subprocess.run([sys.executable, "-m", "runinfra_webhooks", "corpus", "load", str(corpus),
-                                 "--collection", "kb", "--model", MODEL], env=env, capture_output=True, text=True,
-                                timeout=60, check=False)
+        loaded = cli(env, "corpus", "load", str(corpus), "--collection", "kb", "--model", MODEL)
         assert loaded.returncode == 0, loaded.stderr
         workers = [Proc(["worker"], env, tmp_path / f"worker-{i}.log") for i in range(2)]
         try:

@@ -11,8 +11,6 @@ back): never forgotten.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,7 +18,7 @@ import pytest
 
 from runinfra_webhooks.service.storage import keys
 from tests.fault.harness import deliver_all, now_ms, records, report, settled_charges, transcription, wait_final
-from tests.processes import Proc, wait_until
+from tests.processes import Proc, cli, wait_until
 from tests.redis_server import Db, RedisServer
 from tests.stubserver import StubServer
 
@@ -83,8 +81,7 @@ def test_vanished_and_expired_jobs_are_recovered_by_the_sweep(
     charges_before_replay = settled_charges(stub, expected=len(everything)).total
 
     # ...and an operator's replay brings it back, under a new key generation.
-    replay = subprocess.run([sys.executable, "-m", "runinfra_webhooks", "replay", lost["id"]], env=env,
-                            capture_output=True, text=True, timeout=60, check=False)
+    replay = cli(env, "replay", lost["id"])
     worker = Proc(["worker"], env, tmp_path / "worker-after-replay.log")
     try:
         wait_until(lambda: records(db, [lost["id"]])[lost["id"]]["state"] == "succeeded", timeout=60,
