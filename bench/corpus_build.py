@@ -101,11 +101,7 @@ async def one_build(redis_url: str, base_url: str, store_url: str, n: int, work:
     before = int((await redis.info("memory"))["used_memory"])
     gateway = GatewayClient.from_settings(settings)
 
-    async def record(request_id: str) -> None:
-        return None
-
-    ctx = HandlerContext(event_id="evt_bench", settings=settings, redis=redis, gateway=gateway,
-                         record_request_id=record)
+    ctx = HandlerContext(event_id="evt_bench", settings=settings, redis=redis, gateway=gateway)
     started = time.perf_counter()
     async with open_vector_store(store_url, redis) as store:
         flipped = await embed_collection(ctx, store, "bench", model=MODEL, revision="rev_bench", created=1)

@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # kept out of the import: the library API must import without
 __all__ = ["HandlerContext"]
 
 
-async def _no_request_id(_: str) -> None:
+async def _not_recorded(request_id: str, idempotency_key: str) -> None:
     return None
 
 
@@ -45,16 +45,14 @@ class HandlerContext:
     # built-in reactions keep the unscoped keys they have always sent, so an upgrade re-sends no inference.
     scope: str = ""
     log: Any = field(default_factory=lambda: structlog.get_logger("handlers"))
-    # Stores a gateway x-request-id with the event's processing state.
-    record_request_id: Callable[[str], Awaitable[None]] = _no_request_id
+    # Keeps a gateway call's x-request-id and idempotency key with the event's processing state.
+    record_gateway_call: Callable[[str, str], Awaitable[None]] = _not_recorded
     # A handler that saves progress durably (a committed batch) says so: an attempt that progressed and then
     # timed out or failed transiently does not count towards RUNINFRA_MAX_ATTEMPTS, so a corpus too large for
     # one attempt is finished over several instead of dead-lettered.
     note_progress: Callable[[], None] = lambda: None
     # The worker's shared script runner: concurrent jobs' scripts go to Redis in one round trip.
     scripts: Coalescer | None = None
-    # When set, used instead of record_request_id: also keeps the call's idempotency key (the console shows it).
-    record_gateway_call: Callable[[str, str], Awaitable[None]] | None = None
 
     def require_settings(self) -> WorkerSettings:
         """The service's settings (always set in a worker; a handler's own test may leave them out)."""
@@ -92,8 +90,6 @@ class HandlerContext:
             raise PermanentError("gateway_not_configured", "RUNINFRA_API_KEY is not set")
         key = self.idempotency_key(step, part)
         response = await self.gateway.post(route, json, idempotency_key=key)
-        if response.request_id and self.record_gateway_call is not None:
+        if response.request_id:
             await self.record_gateway_call(response.request_id, key)
-        elif response.request_id:
-            await self.record_request_id(response.request_id)
         return response

@@ -50,11 +50,11 @@ class Runner:
             **{"RUNINFRA_EMBED_CONCURRENCY": 1, **env},
         )
 
-        async def record(request_id: str) -> None:
+        async def record(request_id: str, idempotency_key: str) -> None:
             self.request_ids.append(request_id)
 
         return HandlerContext(event_id=event_id, settings=settings, redis=self.redis,
-                              gateway=GatewayClient.from_settings(settings), record_request_id=record)
+                              gateway=GatewayClient.from_settings(settings), record_gateway_call=record)
 
     async def run(self, event: DeploymentReady | DeploymentUpdated, **env: object) -> None:
         ctx = self.context(event.id, **env)

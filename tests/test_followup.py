@@ -42,13 +42,10 @@ class Runner:
             **env,
         )
 
-        async def record(request_id: str) -> None:
-            pass
-
         gateway = GatewayClient.from_settings(settings)
         try:
             await followup.handle(event, HandlerContext(event_id=event.id, settings=settings, redis=self.redis,
-                                                             gateway=gateway, record_request_id=record))
+                                                             gateway=gateway))
         finally:
             await gateway.aclose()
 

@@ -76,9 +76,6 @@ async def _attempt(deps: WorkerDeps, record: EventRecord, generation: int, bound
         bound.warning("event.dead_lettered", reason="invalid_payload")
         return "dead_lettered"
 
-    async def record_request_id(request_id: str) -> None:
-        await records.add_request_id(event_id, request_id)
-
     async def record_gateway_call(request_id: str, idempotency_key: str) -> None:
         await records.add_request_id(event_id, request_id, idempotency_key)
 
@@ -91,9 +88,8 @@ async def _attempt(deps: WorkerDeps, record: EventRecord, generation: int, bound
     def context(h: Registration) -> HandlerContext:
         return HandlerContext(event_id=event_id, generation=generation, attempt=attempt, settings=settings,
                               redis=deps.redis, gateway=deps.gateway, scope="" if h.builtin else h.name,
-                              log=bound.bind(handler=h.name), record_request_id=record_request_id,
-                              note_progress=note_progress, scripts=records.scripts,
-                              record_gateway_call=record_gateway_call)
+                              log=bound.bind(handler=h.name), record_gateway_call=record_gateway_call,
+                              note_progress=note_progress, scripts=records.scripts)
 
     try:
         # Our own deadline, shorter than arq's: arq treats its timeout as a final failure, we retry.
