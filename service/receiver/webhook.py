@@ -146,8 +146,10 @@ class Receiver:
             except ValidationError as exc:
                 await self._ingest(delivery(IngestOutcome.INVALID_EVENT))
                 raise InvalidEvent(_envelope_detail(exc)) from None
-            if envelope.type in CATALOGUE or envelope.type not in self.extra_types:
-                wanted = IngestOutcome.IGNORED if envelope.type not in CATALOGUE else IngestOutcome.DEAD_LETTERED
+            if envelope.type in CATALOGUE:  # its typed model refused the data
+                wanted = IngestOutcome.DEAD_LETTERED
+            elif envelope.type not in self.extra_types:
+                wanted = IngestOutcome.IGNORED
             elif _fits(self.extra_types[envelope.type], envelope.data):
                 wanted = IngestOutcome.QUEUED  # a type outside the catalogue that a team's own handler takes
             else:
