@@ -10,7 +10,16 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints, TypeAdapter, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+)
 
 __all__ = [
     "CATALOGUE",
@@ -25,6 +34,7 @@ __all__ = [
     "InvalidJSON",
     "TranscriptionCompleted",
     "parse_event",
+    "parse_event_json",
     "parse_json_object",
 ]
 
@@ -196,6 +206,23 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
         msg = "the body is JSON but not an object"
         raise InvalidJSON(msg)
     return value
+
+
+# Tokens pydantic's JSON parser accepts and ``parse_json_object`` refuses: a body holding one anywhere (even
+# inside a string) takes the careful path, so the quick one can never accept what the careful one refuses.
+_NON_STANDARD = (b"NaN", b"Infinity")
+
+
+def parse_event_json(body: bytes) -> Event | None:
+    """The typed event straight from the raw bytes (pydantic's JSON parser, in Rust), or None when the body
+    is anything but a valid catalogued event: then ``parse_json_object`` and the two models below give the
+    precise answer. For a body accepted here they would give this same event."""
+    if _NON_STANDARD[0] in body or _NON_STANDARD[1] in body:
+        return None
+    try:
+        return _EVENT.validate_json(body)
+    except ValidationError:
+        return None
 
 
 def parse_envelope(obj: dict[str, Any]) -> Envelope:

@@ -120,7 +120,7 @@ def create_app(settings: ReceiverSettings, *, redis: Redis | None = None, regist
 
     app = Starlette(
         routes=[
-            Route("/webhooks/runinfra", receiver.endpoint, methods=["POST"]),
+            Route("/webhooks/runinfra", receiver, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics_endpoint, methods=["GET"]),

@@ -3,8 +3,8 @@
 The limit is decided from Content-Length when there is one and enforced again while streaming (chunked
 bodies, lying clients), so no HMAC is ever computed over more than ``limit`` bytes.
 
-This is Starlette's ``Request.stream()`` loop written out (same messages, same ``ClientDisconnect``) without
-the async generator and the ``Headers`` object: it runs once per delivery.
+This is Starlette's ``Request.stream()`` loop written out on the raw ASGI ``receive`` (same messages, same
+``ClientDisconnect``) without the async generator and the ``Headers`` object: it runs once per delivery.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 
 import structlog
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import ClientDisconnect
+from starlette.types import Receive, Scope
 
 from runinfra_webhooks.service.receiver.problems import BodyTooLarge, ClientDisconnected, RequestTimeout
 from runinfra_webhooks.service.receiver.request_id import request_id_of
@@ -24,15 +25,14 @@ log = structlog.get_logger("service.body")
 _CONTENT_LENGTH = b"content-length"
 
 
-async def read_limited_body(request: Request, *, limit: int, timeout: float) -> bytes:
+async def read_limited_body(scope: Scope, receive: Receive, *, limit: int, timeout: float) -> bytes:
     declared: str | None = None
-    for name, value in request.scope["headers"]:
+    for name, value in scope["headers"]:
         if name == _CONTENT_LENGTH:
             declared = value.decode("latin-1")
             break
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge(f"body of {declared} bytes exceeds the limit of {limit} bytes")
-    receive = request.receive
     chunks: list[bytes] = []
     size = 0
     try:
@@ -55,6 +55,6 @@ async def read_limited_body(request: Request, *, limit: int, timeout: float) -> 
         raise RequestTimeout(f"body not received within {timeout:g} s") from None
     except ClientDisconnect:
         # The client hung up mid-body: an ordinary event, not a server error (the answer goes nowhere).
-        log.info("webhook.client_disconnected", request_id=request_id_of(request.scope), received=size)
+        log.info("webhook.client_disconnected", request_id=request_id_of(scope), received=size)
         raise ClientDisconnected(f"the client closed the connection after {size} body bytes") from None
     return b"".join(chunks)

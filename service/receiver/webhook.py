@@ -7,16 +7,15 @@ any JSON is parsed, and nothing is acknowledged before the one atomic Redis writ
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 import structlog
 from pydantic import BaseModel, ValidationError
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.types import Receive, Scope, Send
 
 from runinfra_webhooks.service.core import signature
 from runinfra_webhooks.service.core.events import (
@@ -25,6 +24,7 @@ from runinfra_webhooks.service.core.events import (
     InvalidJSON,
     parse_envelope,
     parse_event,
+    parse_event_json,
     parse_json_object,
 )
 from runinfra_webhooks.service.receiver.body import read_limited_body
@@ -54,17 +54,8 @@ _STATUS = {
 }
 
 
-# Starlette's JSONResponse.render, with its encoder built once instead of on every answer (same bytes).
-_JSON = json.JSONEncoder(ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":"))
-
-
-class _Answer(JSONResponse):
-    def render(self, content: Any) -> bytes:
-        return _JSON.encode(content).encode("utf-8")
-
-
-def _raw_header(request: Request) -> bytes | None:
-    for name, value in request.scope["headers"]:
+def _raw_header(scope: Scope) -> bytes | None:
+    for name, value in scope["headers"]:
         if name == _HEADER:
             return bytes(value)
     return None
@@ -96,18 +87,24 @@ class Receiver:
     # The current span's traceparent when tracing is on (stored with the record), else None: no cost.
     traceparent: Callable[[], str] | None = None
 
-    async def endpoint(self, request: Request) -> Response:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The route as a plain ASGI app: no Request or Response objects on the path every delivery takes.
+        A refusal is raised as a Problem, which the app's exception handler renders, as for any route."""
         started = time.perf_counter()
         try:
-            return await self._handle(request)
+            status, content = await self._handle(scope, receive)
         finally:
             self.metrics.latency.observe(time.perf_counter() - started)
+        # The headers Starlette's JSONResponse would send (the request-id middleware adds x-request-id).
+        await send({"type": "http.response.start", "status": status, "headers": [
+            (b"content-length", str(len(content)).encode()), (b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": content})
 
-    async def _handle(self, request: Request) -> Response:
+    async def _handle(self, scope: Scope, receive: Receive) -> tuple[int, bytes]:
         s = self.settings
-        rid = request_id_of(request.scope)
-        body = await read_limited_body(request, limit=s.max_body, timeout=s.body_timeout)
-        raw_header = _raw_header(request)
+        rid = request_id_of(scope)
+        body = await read_limited_body(scope, receive, limit=s.max_body, timeout=s.body_timeout)
+        raw_header = _raw_header(scope)
         header = raw_header.decode("latin-1") if raw_header is not None else None
         now_ms = time.time_ns() // 1_000_000
         result = signature.verify(header, body, self.secrets, s.tolerance, now_ms // 1000)
@@ -124,38 +121,13 @@ class Receiver:
                 reason=reason, traceparent=self.traceparent() if self.traceparent is not None else "",
             )
 
-        try:
-            obj = parse_json_object(body)
-        except InvalidJSON as exc:
-            await self._ingest(delivery(IngestOutcome.INVALID_JSON))
-            raise InvalidJSONBody(str(exc)) from None
-        # A catalogued type is validated as its typed event first: a valid typed event is a valid envelope
-        # too (each model extends Envelope), so the common case costs one validation instead of two. Only
-        # when that fails is the envelope checked, to tell invalid_event from a dead-lettered payload.
-        reason = ""
-        type_ = obj.get("type")
-        envelope: Envelope | None = None
-        if isinstance(type_, str) and type_ in CATALOGUE:
-            with contextlib.suppress(ValidationError):
-                envelope = parse_event(obj)
+        # A valid catalogued event (the common case) is parsed and validated in one step from the bytes; a
+        # valid typed event is a valid envelope too (each model extends Envelope).
+        envelope: Envelope | None = parse_event_json(body)
         if envelope is not None:
-            wanted = IngestOutcome.QUEUED
+            wanted, reason = IngestOutcome.QUEUED, ""
         else:
-            try:
-                envelope = parse_envelope(obj)
-            except ValidationError as exc:
-                await self._ingest(delivery(IngestOutcome.INVALID_EVENT))
-                raise InvalidEvent(_envelope_detail(exc)) from None
-            if envelope.type in CATALOGUE:  # its typed model refused the data
-                wanted = IngestOutcome.DEAD_LETTERED
-            elif envelope.type not in self.extra_types:
-                wanted = IngestOutcome.IGNORED
-            elif _fits(self.extra_types[envelope.type], envelope.data):
-                wanted = IngestOutcome.QUEUED  # a type outside the catalogue that a team's own handler takes
-            else:
-                wanted = IngestOutcome.DEAD_LETTERED
-            reason = "invalid_payload" if wanted is IngestOutcome.DEAD_LETTERED else ""
-
+            envelope, wanted, reason = await self._decide(body, delivery)
         outcome = await self._ingest(delivery(wanted, envelope.id, envelope.type, envelope.created, reason))
         self.metrics.delivered(outcome.value)
         if outcome is IngestOutcome.DUPLICATE:
@@ -165,7 +137,36 @@ class Receiver:
         answer: dict[str, str] = {"status": outcome.value, "event_id": envelope.id}
         if outcome is IngestOutcome.DEAD_LETTERED:
             answer["reason"] = reason
-        return _Answer(answer, status_code=_STATUS[outcome])
+        return _STATUS[outcome], orjson.dumps(answer)
+
+    async def _decide(self, body: bytes, delivery: Callable[[IngestOutcome], Delivery]
+                      ) -> tuple[Envelope, IngestOutcome, str]:
+        """The careful path for every other body: invalid JSON, an invalid envelope (both recorded, then
+        refused), a catalogued type whose data does not fit (dead-lettered), a type outside the catalogue
+        (queued when a handler takes it and its data fits every declared model, else ignored)."""
+        try:
+            obj = parse_json_object(body)
+        except InvalidJSON as exc:
+            await self._ingest(delivery(IngestOutcome.INVALID_JSON))
+            raise InvalidJSONBody(str(exc)) from None
+        type_ = obj.get("type")
+        if isinstance(type_, str) and type_ in CATALOGUE:
+            with contextlib.suppress(ValidationError):
+                return parse_event(obj), IngestOutcome.QUEUED, ""
+        try:
+            envelope = parse_envelope(obj)
+        except ValidationError as exc:
+            await self._ingest(delivery(IngestOutcome.INVALID_EVENT))
+            raise InvalidEvent(_envelope_detail(exc)) from None
+        if envelope.type in CATALOGUE:  # its typed model refused the data
+            wanted = IngestOutcome.DEAD_LETTERED
+        elif envelope.type not in self.extra_types:
+            wanted = IngestOutcome.IGNORED
+        elif _fits(self.extra_types[envelope.type], envelope.data):
+            wanted = IngestOutcome.QUEUED  # a type outside the catalogue that a team's own handler takes
+        else:
+            wanted = IngestOutcome.DEAD_LETTERED
+        return envelope, wanted, "invalid_payload" if wanted is IngestOutcome.DEAD_LETTERED else ""
 
     async def _ingest(self, d: Delivery) -> IngestOutcome:
         try:

@@ -8,20 +8,52 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import hiredis
 from arq.connections import RedisSettings
 from redis.asyncio import Redis
+from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from redis.asyncio.sentinel import Sentinel
 from redis.exceptions import RedisError
 
 from runinfra_webhooks.service.storage.redis_url import parse_redis_url
 
-__all__ = ["STORAGE_ERRORS", "Persistence", "arq_redis_settings", "connect", "persistence"]
+__all__ = ["STORAGE_ERRORS", "Persistence", "arq_redis_settings", "connect", "pack_in_c", "persistence"]
 
 CONNECT_TIMEOUT_S = 2.0
 
 # What "Redis unreachable or failing" looks like from redis-py: its own errors, plus socket-level ones.
 # (A Sentinel that knows no healthy master raises MasterNotFoundError, a redis ConnectionError.)
 STORAGE_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
+
+
+class _HiredisPacking:
+    """Commands packed by hiredis in C instead of redis-py's Python loop (redis-py's asyncio connections never
+    use hiredis for packing). An argument hiredis refuses (bool, bytearray, None) goes through redis-py's
+    own packer, so the error a caller sees is redis-py's ``DataError``, as before."""
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        if isinstance(args[0], str):
+            args = (*args[0].encode().split(), *args[1:])
+        elif b" " in args[0]:
+            args = (*args[0].split(), *args[1:])
+        try:
+            return [hiredis.pack_command(args)]
+        except TypeError:
+            packed: list[bytes] = super().pack_command(*args)  # type: ignore[misc]
+            return packed
+
+
+_PACKING_IN_C: dict[type[AbstractConnection], type[AbstractConnection]] = {}
+
+
+def pack_in_c(pool: ConnectionPool) -> None:
+    """Make the pool's future connections pack in C, whatever transport (TCP, TLS, unix, Sentinel) it uses."""
+    cls = pool.connection_class
+    if issubclass(cls, _HiredisPacking):
+        return
+    if cls not in _PACKING_IN_C:
+        _PACKING_IN_C[cls] = type(f"HiredisPacked{cls.__name__}", (_HiredisPacking, cls), {})
+    pool.connection_class = _PACKING_IN_C[cls]
 
 
 class _SentinelMaster(Redis):
@@ -43,12 +75,14 @@ def connect(url: str, *, socket_timeout: float = 5.0) -> Redis:
     target = parse_redis_url(url)
     if not target.is_sentinel:
         client: Redis = Redis.from_url(url, socket_connect_timeout=CONNECT_TIMEOUT_S, socket_timeout=socket_timeout)
+        pack_in_c(client.connection_pool)
         return client
     assert target.master is not None
     timeouts: dict[str, Any] = {"socket_connect_timeout": CONNECT_TIMEOUT_S, "socket_timeout": socket_timeout}
     manager = Sentinel(list(target.sentinels), **timeouts)  # type: ignore[no-untyped-call]
     master: Redis = manager.master_for(target.master, redis_class=_SentinelMaster, db=target.db,
                                        username=target.username, password=target.password, **timeouts)
+    pack_in_c(master.connection_pool)
     return master
 
 
