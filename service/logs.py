@@ -58,8 +58,9 @@ def configure_logging(level: str = "info", *, extra_processors: Sequence[Process
     # httpx logs every request line at INFO; our gateway.call event carries more (key, request id) already.
     logging.getLogger("httpx").setLevel(max(numeric, logging.WARNING))
     structlog.configure(
+        # No contextvars merge: nothing binds contextvars (loggers are bound explicitly), and the receiver
+        # logs a line per delivery.
         processors=[
-            structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             timestamper,
             *extra_processors,

@@ -331,3 +331,20 @@ async def test_from_settings_uses_base_url_key_and_limits(stub: StubServer) -> N
         await client.aclose()
     assert response.status == 200
     assert stub.calls()[0]["authorization_ok"] is True
+
+
+@pytest.mark.parametrize("max_connections", [1, 20, 50])
+async def test_concurrent_calls_use_every_connection_and_never_more(
+    stub: StubServer, make_client: MakeClient, max_connections: int
+) -> None:
+    """The client spreads calls over several small connection pools: together they hold exactly
+    ``max_connections`` calls in flight at the gateway, never more, and every call is answered."""
+    stub.set_faults(route="/v1/embeddings", latency=0.2)
+    client = make_client(max_connections=max_connections)
+    calls = 3 * max_connections
+    responses = await asyncio.gather(*(
+        client.post("/embeddings", EMBED, idempotency_key=f"{KEY}-{i}") for i in range(calls)))
+    assert all(r.status == 200 for r in responses)
+    seen = [c for c in stub.calls() if c["route"] == "/v1/embeddings"]
+    assert len(seen) == calls
+    assert max(c["in_flight"] for c in seen) == max_connections

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -22,7 +23,7 @@ from runinfra_webhooks.service.gateway.client import GatewayClient
 from runinfra_webhooks.service.gateway.flow import FlowControl, job_deadline
 from runinfra_webhooks.service.settings import WorkerSettings
 from runinfra_webhooks.service.storage import arq_job
-from runinfra_webhooks.service.storage.connection import STORAGE_ERRORS, arq_redis_settings
+from runinfra_webhooks.service.storage.connection import STORAGE_ERRORS, arq_redis_settings, pack_in_c
 from runinfra_webhooks.service.storage.records import Records
 from runinfra_webhooks.service.tracing import NO_TRACING, Tracing
 from runinfra_webhooks.workers.alerts import Alerts
@@ -157,6 +158,11 @@ def build_worker(settings: WorkerSettings, *, registry: Registry | None = None, 
 
     async def on_startup(ctx: dict[str, Any]) -> None:
         redis = ctx["redis"]
+        # arq builds its own pool: from here on its connections pack commands in C too (the one its start-up
+        # checks used is dropped, so none is left packing in Python).
+        pack_in_c(redis.connection_pool)
+        await redis.connection_pool.disconnect()
+        redis.connection_pool.reset()
         records = Records(redis, event_retention=settings.event_retention,
                           dead_letter_retention=settings.dead_letter_retention, job_expiry_s=settings.lost_deadline)
         alerts = Alerts(redis, records.scripts, url=settings.alert_url,
@@ -192,6 +198,9 @@ def build_worker(settings: WorkerSettings, *, registry: Registry | None = None, 
             await alerts.aclose()
         log.info("worker.stopped")
 
+    # arq logs two INFO lines per job (start, end); the worker's own event.* line per job says more (event id,
+    # type, outcome) and is the one kept. arq's warnings and errors still come through.
+    logging.getLogger("arq.worker").setLevel(logging.WARNING)
     return _Worker(
         functions=[func(run_event, name=arq_job.FUNCTION, timeout=settings.job_timeout + ARQ_MARGIN_S,
                         # our own attempt limit dead-letters first; arq's only guards against a loop

@@ -15,11 +15,16 @@ class _Ids:
     def __init__(self) -> None:
         self._buf = b""
         self._pos = 0
-        self._pid = 0
+        # Never share random bytes with a forked child: it starts with an empty buffer (checked at fork time,
+        # not with a getpid() system call per id).
+        os.register_at_fork(after_in_child=self._forget)
+
+    def _forget(self) -> None:
+        self._buf, self._pos = b"", 0
 
     def new(self) -> str:
-        if self._pos >= len(self._buf) or self._pid != os.getpid():  # never share bytes with a forked child
-            self._buf, self._pos, self._pid = os.urandom(16 * self._BATCH), 0, os.getpid()
+        if self._pos >= len(self._buf):
+            self._buf, self._pos = os.urandom(16 * self._BATCH), 0
         raw = bytearray(self._buf[self._pos:self._pos + 16])
         self._pos += 16
         raw[6] = (raw[6] & 0x0F) | 0x40  # version 4

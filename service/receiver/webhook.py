@@ -44,7 +44,8 @@ from runinfra_webhooks.service.storage.redis_errors import classify
 
 __all__ = ["Receiver"]
 
-log = structlog.get_logger("service.receiver")
+_LOGGER = "service.receiver"
+log = structlog.get_logger(_LOGGER)
 _HEADER = b"runinfra-signature"
 _STATUS = {
     IngestOutcome.QUEUED: 202,

@@ -43,7 +43,7 @@ class IngestOutcome(StrEnum):
 _OUTCOMES = {o.value.encode(): o for o in IngestOutcome}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs 3x, and one is built per delivery
 class Delivery:
     """A delivery whose signature verified, with what the receiver decided it wants."""
 
