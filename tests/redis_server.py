@@ -135,6 +135,15 @@ class RedisServer:
             self.proc.wait()
             self.proc = None
 
+    def freeze(self) -> None:
+        """SIGSTOP: connections stay open and writes are accepted by the kernel, but nothing is answered."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
     def stop(self) -> None:
         if self.proc is not None:
             self.proc.terminate()

@@ -68,3 +68,22 @@ def test_readyz_is_503_under_client_pause_write(live: str, own_redis: RedisServe
         db.client_unpause()
     assert _ready(live).status_code == 200
     assert _deliver(live).status_code == 202
+
+
+def test_a_delivery_to_a_redis_that_stops_answering_gets_503_within_the_command_timeout(
+    live: str, own_redis: RedisServer
+) -> None:
+    """A Redis that accepts the write but never answers (SIGSTOP): the delivery is answered 503 with
+    Retry-After after the command timeout, not left hanging; 202 again once Redis runs."""
+    assert _deliver(live).status_code == 202
+    own_redis.freeze()
+    try:
+        started = time.monotonic()
+        refused = _deliver(live)
+        took = time.monotonic() - started
+    finally:
+        own_redis.thaw()
+    assert refused.status_code == 503
+    assert refused.headers["retry-after"] == "5"
+    assert 4 < took < 9, f"answered after {took:.1f} s"
+    assert _deliver(live).status_code == 202

@@ -30,7 +30,7 @@ from runinfra_webhooks.service.receiver.request_id import RequestIdMiddleware, r
 from runinfra_webhooks.service.receiver.webhook import Receiver
 from runinfra_webhooks.service.settings import ReceiverSettings
 from runinfra_webhooks.service.storage import keys
-from runinfra_webhooks.service.storage.connection import STORAGE_ERRORS, connect, persistence
+from runinfra_webhooks.service.storage.connection import COMMAND_TIMEOUT_S, STORAGE_ERRORS, connect, persistence
 from runinfra_webhooks.service.storage.ingest import Ingestor
 from runinfra_webhooks.service.storage.redis_errors import classify
 from runinfra_webhooks.service.tracing import NO_TRACING, Tracing
@@ -50,7 +50,9 @@ def create_app(settings: ReceiverSettings, *, redis: Redis | None = None, regist
     """
     if registry is None:
         registry = load_registry(builtin=settings.builtin_reactions, modules=settings.handler_modules)
-    client = redis if redis is not None else connect(settings.redis_url)
+    # No per-read socket timeout (redis-py would arm a timer for every reply): the ingest bounds each
+    # coalesced round trip, and every other call here has its own bound.
+    client = redis if redis is not None else connect(settings.redis_url, socket_timeout=None)
     metrics = ReceiverMetrics()
     receiver = Receiver(
         settings=settings,
@@ -62,6 +64,7 @@ def create_app(settings: ReceiverSettings, *, redis: Redis | None = None, regist
             job_expiry_s=settings.lost_deadline,
             secrets=settings.secret_values(),
             audit_retention=settings.audit_retention,
+            timeout=COMMAND_TIMEOUT_S,
         ),
         metrics=metrics,
         secrets=settings.secret_values(),
@@ -72,7 +75,8 @@ def create_app(settings: ReceiverSettings, *, redis: Redis | None = None, regist
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         try:
-            p = await persistence(client)
+            async with asyncio.timeout(COMMAND_TIMEOUT_S):
+                p = await persistence(client)
             if p.warning:
                 log.warning("redis.persistence", **p.as_json())
         except STORAGE_ERRORS as exc:
@@ -90,7 +94,7 @@ def create_app(settings: ReceiverSettings, *, redis: Redis | None = None, regist
         try:
             async with asyncio.timeout(settings.ready_probe_timeout):
                 await client.set(keys.READY_PROBE, time.time_ns() // 1_000_000, px=60_000)
-            p = await persistence(client)
+                p = await persistence(client)
         except TimeoutError:
             raise Unavailable("Redis did not accept a write in time (paused or overloaded)",
                               headers={"Retry-After": "5"}) from None

@@ -55,8 +55,11 @@ class CoalescedScript:
 
 
 class Coalescer:
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, *, timeout: float | None = None) -> None:
+        """``timeout`` bounds each round trip as a whole, for a client made without a per-read socket timeout
+        (redis-py then arms no timer per reply); a round trip past it fails its calls with ``TimeoutError``."""
         self._redis = redis
+        self._timeout = timeout
         self._scripts: dict[str, CoalescedScript] = {}
         self._pending: list[_Call] = []
         self._flusher: asyncio.Task[None] | None = None
@@ -111,7 +114,13 @@ class Coalescer:
         finally:
             self._flusher = None
 
-    async def _round_trip(self, calls: list[_Call], *, reload: bool = True) -> list[Any]:
+    async def _round_trip(self, calls: list[_Call]) -> list[Any]:
+        if self._timeout is None:
+            return await self._send(calls)
+        async with asyncio.timeout(self._timeout):
+            return await self._send(calls)
+
+    async def _send(self, calls: list[_Call], *, reload: bool = True) -> list[Any]:
         pipe = self._redis.pipeline(transaction=False)
         for c in calls:
             if c.script is None:
@@ -124,7 +133,7 @@ class Coalescer:
             # Redis restarted or was flushed: load each missing script once, resend only those (they did not run).
             for text in {script.text for i in missing if (script := calls[i].script) is not None}:
                 await self._redis.script_load(text)
-            again = await self._round_trip([calls[i] for i in missing], reload=False)
+            again = await self._send([calls[i] for i in missing], reload=False)
             for i, reply in zip(missing, again, strict=True):
                 replies[i] = reply
         return replies

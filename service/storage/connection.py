@@ -17,7 +17,9 @@ from redis.exceptions import RedisError
 
 from runinfra_webhooks.service.storage.redis_url import parse_redis_url
 
-__all__ = ["STORAGE_ERRORS", "Persistence", "arq_redis_settings", "connect", "pack_in_c", "persistence"]
+__all__ = [
+    "COMMAND_TIMEOUT_S", "STORAGE_ERRORS", "Persistence", "arq_redis_settings", "connect", "pack_in_c", "persistence",
+]
 
 CONNECT_TIMEOUT_S = 2.0
 
@@ -67,11 +69,16 @@ class _SentinelMaster(Redis):
                 await sentinel.aclose()
 
 
-def connect(url: str, *, socket_timeout: float = 5.0) -> Redis:
+COMMAND_TIMEOUT_S = 5.0
+
+
+def connect(url: str, *, socket_timeout: float | None = COMMAND_TIMEOUT_S) -> Redis:
     """A client for REDIS_URL. Through Sentinel, every new connection asks the Sentinels for the current
     master; a connection error (old master dead, or demoted: READONLY) drops the connection, so the next
     command after a failover reaches the new master. While no master is known the command raises
-    ``MasterNotFoundError`` (a ``ConnectionError``): callers see a storage error, as with a dead Redis."""
+    ``MasterNotFoundError`` (a ``ConnectionError``): callers see a storage error, as with a dead Redis.
+
+    ``socket_timeout=None`` leaves every read unbounded: the caller bounds each call itself."""
     target = parse_redis_url(url)
     if not target.is_sentinel:
         client: Redis = Redis.from_url(url, socket_connect_timeout=CONNECT_TIMEOUT_S, socket_timeout=socket_timeout)

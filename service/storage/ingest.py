@@ -67,8 +67,9 @@ class Ingestor:
     def __init__(
         self, redis: Redis, *, dedup_ttl: int, event_retention: int, dead_letter_retention: int,
         job_expiry_s: int, secrets: tuple[bytes, ...] = (), audit_retention: int = 2_592_000,
+        timeout: float | None = None,
     ) -> None:
-        self._coalescer = Coalescer(redis)
+        self._coalescer = Coalescer(redis, timeout=timeout)
         self._script = self._coalescer.script(_SCRIPT)
         self._const_keys = (keys.ARQ_QUEUE, keys.INFLIGHT, keys.DEAD_LETTERS, keys.AUDIT_STREAM, keys.AUDIT_HEAD)
         self._dedup_ttl = dedup_ttl
