@@ -19,7 +19,14 @@ from redis.exceptions import ResponseError
 from runinfra_webhooks.handlers.context import HandlerContext
 from runinfra_webhooks.handlers.embeddings import BUSY_HERE, join_collection, open_store
 from runinfra_webhooks.handlers.registry import Registration
-from runinfra_webhooks.service.core.events import CATALOGUE, Envelope, InvalidJSON, parse_event, parse_json_object
+from runinfra_webhooks.service.core.events import (
+    CATALOGUE,
+    Envelope,
+    InvalidJSON,
+    parse_event,
+    parse_event_json,
+    parse_json_object,
+)
 from runinfra_webhooks.service.gateway.flow import GatewayHeld
 from runinfra_webhooks.service.storage.records import EventRecord
 from runinfra_webhooks.service.storage.redis_errors import classify
@@ -66,11 +73,15 @@ async def _attempt(deps: WorkerDeps, record: EventRecord, generation: int, bound
 
     handlers = deps.registry.for_type(record.type)
     try:
-        obj = parse_json_object(record.body)
-        # A catalogued type is parsed once for all its handlers; another type per handler, by its own model.
-        typed = parse_event(obj) if record.type in CATALOGUE else None
-        events: list[tuple[Registration, Envelope]] = [(h, typed if typed is not None else h.parse(obj))
-                                                         for h in handlers]
+        # A catalogued type is parsed once for all its handlers (straight from the bytes when it fits, as the
+        # receiver does); another type per handler, by its own model.
+        events: list[tuple[Registration, Envelope]]
+        if record.type in CATALOGUE:
+            typed = parse_event_json(record.body) or parse_event(parse_json_object(record.body))
+            events = [(h, typed) for h in handlers]
+        else:
+            obj = parse_json_object(record.body)
+            events = [(h, h.parse(obj)) for h in handlers]
     except (InvalidJSON, ValidationError):
         await records.dead_lettered(event_id, generation, _now_ms(), "invalid_payload", "data does not fit its model")
         bound.warning("event.dead_lettered", reason="invalid_payload")
