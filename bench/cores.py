@@ -56,6 +56,14 @@ from runinfra_webhooks.service.storage import keys
 CONFIGS = {"1w@0": (1, "0"), "2w@0": (2, "0"), "2w@01": (2, "0,1")}
 
 
+def machine_busy_s() -> float:
+    """CPU seconds all processes on the machine have used since boot (from /proc/stat): the difference over
+    a run, less what the measured processes used, is what other work on the machine took."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
 def children(pid: int) -> list[int]:
     with contextlib.suppress(OSError):
         return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
@@ -115,9 +123,9 @@ def run_once(config: str, rd: RedisProc, out: Path, tag: str, args: argparse.Nam
         pids = [proc.pid, *children(proc.pid)]
         cpu0, rc0 = cpu_of(pids), rd.counters()
         audit0 = rd.client().xlen(keys.AUDIT_STREAM)
-        t0 = time.monotonic()
+        t0, busy0 = time.monotonic(), machine_busy_s()
         res, wrk_cpu = wrk(url, meas, args.connections, args.duration)
-        wall = time.monotonic() - t0
+        wall, busy = time.monotonic() - t0, machine_busy_s() - busy0
         cpu1, rc1 = cpu_of(pids), rd.counters()
         accepted = rd.client().xlen(keys.AUDIT_STREAM) - audit0
     finally:
@@ -135,6 +143,7 @@ def run_once(config: str, rd: RedisProc, out: Path, tag: str, args: argparse.Nam
         "server_cpu_us_per_req": server_cpu / max(res["requests"], 1) * 1e6,
         "server_cores": server_cpu / wall, "redis_cores": (rc1["cpu_s"] - rc0["cpu_s"]) / wall,
         "wrk_cores": wrk_cpu / wall, "redis_cpu_us_per_req": (rc1["cpu_s"] - rc0["cpu_s"]) / max(accepted, 1) * 1e6,
+        "other_cores": max(0.0, busy - server_cpu - wrk_cpu - (rc1["cpu_s"] - rc0["cpu_s"])) / wall,
         "per_process_cores": sorted((v / wall for v in per_process.values()), reverse=True),
         "load": loadavg(),
     }
@@ -160,7 +169,8 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
                 log(f"{res['tag']}: {res['rps']:.0f} req/s, p99 {res['p99_ms']:.2f} ms, server CPU "
                     f"{res['server_cpu_us_per_req']:.0f} us/req; cores busy: server {res['server_cores']:.2f} "
                     f"(per process {', '.join(f'{x:.2f}' for x in res['per_process_cores'])}), Redis "
-                    f"{res['redis_cores']:.2f}, wrk {res['wrk_cores']:.2f}; errors {res['errors']} "
+                    f"{res['redis_cores']:.2f}, wrk {res['wrk_cores']:.2f}, other work {res['other_cores']:.2f}; "
+                    f"errors {res['errors']} "
                     f"(load {res['load']})")
     finally:
         rd.stop()
@@ -169,7 +179,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         rs = [x for x in runs if x["config"] == config]
         table[config] = {k: median([x[k] for x in rs]) for k in
                          ("rps", "p99_ms", "server_cpu_us_per_req", "server_cores", "redis_cores", "wrk_cores",
-                          "redis_cpu_us_per_req")}
+                          "other_cores", "redis_cpu_us_per_req")}
         table[config]["errors"] = sum(x["errors"] for x in rs)
 
     def ratio(a: str, b: str, key: str) -> float:
@@ -193,11 +203,13 @@ def print_summary(s: dict[str, Any]) -> None:
     print(f"\n== serve --workers 1 vs 2, {m['date']}; load at start {m['load_start']}, at end {m['load_end']}")
     print(f"   {m['command']}; {m['repeats']} repeat(s) of {m['duration_s']:g} s; wrk -t1 -c{m['connections']} "
           "and Redis on core 1")
-    print("   config  req/s   p99 ms  server us/req | cores busy: server  Redis   wrk   total | Redis us/req  errors")
+    print("   config  req/s   p99 ms  server us/req | cores busy: server  Redis   wrk   total  others | Redis us/req  "
+          "errors")
     for config, v in s["table"].items():
         total = v["server_cores"] + v["redis_cores"] + v["wrk_cores"]
         print(f"   {config:6s} {v['rps']:6.0f}  {v['p99_ms']:7.2f}  {v['server_cpu_us_per_req']:13.0f} | "
-              f"{v['server_cores']:18.2f}  {v['redis_cores']:5.2f}  {v['wrk_cores']:4.2f}  {total:5.2f} | "
+              f"{v['server_cores']:18.2f}  {v['redis_cores']:5.2f}  {v['wrk_cores']:4.2f}  {total:5.2f}  "
+              f"{v['other_cores']:6.2f} | "
               f"{v['redis_cpu_us_per_req']:12.0f}  {v['errors']:6d}")
     print(f"   2 workers on 2 cores / 1 worker: req/s x{s['ratio_rps_2w01_over_1w']:.2f}, server CPU per request "
           f"x{s['ratio_cpu_per_req_2w01_over_1w']:.2f}")

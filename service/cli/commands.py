@@ -72,12 +72,14 @@ def serve(settings: ReceiverSettings, registry: Registry, host: str, port: int, 
     from runinfra_webhooks.service.cli.serve_workers import receiver_for_process, serve_processes
     from runinfra_webhooks.service.logs import configure_logging
 
+    if workers > 1:
+        # Each worker process builds its own receiver and tracing, from the same environment: see
+        # serve_processes. This process only supervises them.
+        configure_logging(settings.log_level)
+        return serve_processes(host, port, workers)
     tracing = setup_tracing("receiver", os.environ)
     configure_logging(settings.log_level, extra_processors=tracing.log_processors())
     _log_tracing(tracing)
-    if workers > 1:
-        # Each worker process builds its own receiver, from the same environment: see serve_processes.
-        return serve_processes(host, port, workers)
     app, protocol = receiver_for_process(settings, registry, tracing)
     settle_after_startup()  # process-wide, so here at the process's entry rather than in the app factory
     # Every delivery is logged once by the receiver with its outcome; uvicorn's access log would repeat it.

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 
+import structlog
 import uvicorn
 from starlette.applications import Starlette
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -52,6 +53,11 @@ class WorkerConfig(uvicorn.Config):
         registry = load_registry(builtin=settings.builtin_reactions, modules=settings.handler_modules)
         tracing = setup_tracing("receiver", os.environ)
         configure_logging(settings.log_level, extra_processors=tracing.log_processors())
+        info = tracing.describe()
+        if info["tracing"] == "unavailable":
+            structlog.get_logger("service.tracing").warning("tracing.unavailable", **info)
+        elif tracing.enabled:
+            structlog.get_logger("service.tracing").info("tracing.enabled", **info)
         self.app, self.http = receiver_for_process(settings, registry, tracing)
         super().load()
         settle_after_startup()
