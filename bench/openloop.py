@@ -299,7 +299,9 @@ def generate(args: argparse.Namespace) -> None:
     wall = time.monotonic() - t0
     ru1 = resource.getrusage(resource.RUSAGE_SELF)
     res = summarise(gen.t, args.rate)
-    res["generator_cpu_share"] = (ru1.ru_utime + ru1.ru_stime - ru0.ru_utime - ru0.ru_stime) / wall
+    cpu = ru1.ru_utime + ru1.ru_stime - ru0.ru_utime - ru0.ru_stime
+    res["generator_cpu_share"] = cpu / wall
+    res["generator_cpu_us_per_req"] = cpu / max(n, 1) * 1e6
     res["connections"] = args.connections
     print("OPENLOOP_JSON " + json.dumps(res), flush=True)
 
@@ -342,7 +344,8 @@ def fmt(res: dict[str, Any]) -> str:
             f"{res['p99_ms']:.2f} p99.9 {res['p999_ms']:.2f} max {res['max_ms']:.1f} ms (from send: p99 "
             f"{res['service_p99_ms']:.2f}); late >1 ms: {res['late_by_generator']} by the generator, "
             f"{res['late_waiting_for_connection']} waiting for a connection; statuses {res['statuses']}; "
-            f"server CPU {res['server_cpu_share']:.2f}, generator CPU {res['generator_cpu_share']:.2f}, all else "
+            f"server CPU {res['server_cpu_share']:.2f}, generator CPU {res['generator_cpu_share']:.2f} "
+            f"({res['generator_cpu_us_per_req']:.0f} us/req), all else "
             f"{res['machine_cores_besides_server']:.2f} "
             f"(load {res['load']})")
 
