@@ -226,6 +226,10 @@ class Generator:
         self.queue: collections.deque[int] = collections.deque()
         self.pending = n
         self.finished: asyncio.Future[None] | None = None
+        self.closing = False
+        self.reconnects = self.connect_errors = 0
+        self.address = ("127.0.0.1", 0)
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def answered(self, conn: Conn, i: int, status: int, closing: bool) -> None:
         self.t.done[i] = time.monotonic_ns()
@@ -246,6 +250,25 @@ class Generator:
         if conn.current >= 0:
             conn.current = -1
             self._settle()
+        if not self.closing and self.reconnects < 10 * self.connections:
+            # A connection the server closed (an error answer, its keep-alive timeout) is replaced, so the
+            # pool keeps its size; its in-flight request, if any, counts as unanswered. Bounded, so that a
+            # server refusing every connection does not get a reconnection storm.
+            self.reconnects += 1
+            self._tasks.add(asyncio.get_running_loop().create_task(self._replace()))
+
+    async def _replace(self) -> None:
+        try:
+            _, conn = await asyncio.get_running_loop().create_connection(lambda: Conn(self), *self.address)
+        except OSError:
+            self.connect_errors += 1
+            return
+        if self.queue:
+            j = self.queue.popleft()
+            self.t.from_queue[j] = 1
+            conn.send(j, time.monotonic_ns())
+        else:
+            self.idle.append(conn)
 
     def _settle(self) -> None:
         self.pending -= 1
@@ -255,6 +278,7 @@ class Generator:
     async def run(self, host: str, port: int, grace_s: float) -> None:
         loop = asyncio.get_running_loop()
         self.finished = loop.create_future()
+        self.address = (host, port)
         for _ in range(self.connections):
             _, conn = await loop.create_connection(lambda: Conn(self), host, port)
             self.idle.append(conn)
@@ -281,6 +305,7 @@ class Generator:
                 await asyncio.wait_for(asyncio.shield(self.finished), grace_s)
             except TimeoutError:
                 pass
+        self.closing = True
         for conn in list(self.idle):
             if conn.transport is not None:
                 conn.transport.close()
@@ -303,6 +328,7 @@ def generate(args: argparse.Namespace) -> None:
     res["generator_cpu_share"] = cpu / wall
     res["generator_cpu_us_per_req"] = cpu / max(n, 1) * 1e6
     res["connections"] = args.connections
+    res["reconnects"], res["connect_errors"] = gen.reconnects, gen.connect_errors
     print("OPENLOOP_JSON " + json.dumps(res), flush=True)
 
 
