@@ -74,13 +74,13 @@ def _socket_inodes(pid: int) -> set[str]:
     return out
 
 
-def _established_inodes(port: int) -> set[str]:
-    """Inodes of the server ends of established TCP connections on ``port`` (from /proc/net/tcp)."""
+def _established_inodes(port: int, *, remote: bool = False) -> set[str]:
+    """Inodes of established TCP connections whose local end (or, with ``remote``, far end) is on ``port``."""
     out = set()
     for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
         fields = line.split()
-        local, state, inode = fields[1], fields[3], fields[9]
-        if state == "01" and int(local.split(":")[1], 16) == port:
+        local, far, state, inode = fields[1], fields[2], fields[3], fields[9]
+        if state == "01" and int((far if remote else local).split(":")[1], 16) == port:
             out.add(inode)
     return out
 
@@ -106,8 +106,9 @@ def served(redis_url: str, tmp_path: Path) -> Iterator[Served]:
                 os.kill(pid, 9)
 
 
-def test_every_worker_accepts_deliveries_into_redis(served: Served, db: Db) -> None:
-    """Deliveries over many connections are all queued, and each of the two workers holds some of them."""
+def test_every_worker_accepts_deliveries_into_redis(served: Served, db: Db, redis_url: str) -> None:
+    """Deliveries over many connections are all queued, each of the two workers holds some of the
+    connections, and each has connections of its own to Redis."""
     workers = served.workers()
     by_worker: dict[int, int] = dict.fromkeys(workers, 0)
     clients = []
@@ -126,6 +127,9 @@ def test_every_worker_accepts_deliveries_into_redis(served: Served, db: Db) -> N
     assert sum(by_worker.values()) == 40, by_worker
     assert all(n > 0 for n in by_worker.values()), f"connections per worker pid: {by_worker}"
     assert db.xlen(keys.AUDIT_STREAM) == 40
+    to_redis = _established_inodes(int(redis_url.rsplit(":", 1)[1].split("/")[0]), remote=True)
+    redis_by_worker = {pid: len(_socket_inodes(pid) & to_redis) for pid in workers}
+    assert all(n > 0 for n in redis_by_worker.values()), f"Redis connections per worker pid: {redis_by_worker}"
 
 
 def test_sigterm_to_the_parent_stops_every_worker(served: Served) -> None:
