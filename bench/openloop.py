@@ -1,7 +1,7 @@
 """Latency under an open-loop load: the receiver and the bare endpoint at 25 %, 50 % and 75 % of the receiver's
 own maximum rate, p50 / p99 / p99.9 measured from each request's scheduled send time.
 
-    .venv/bin/python -m bench.openloop            # ~4-5 minutes: 3 repeats of 10 s per load and server
+    .venv/bin/python -m bench.openloop            # ~6 minutes: 3 repeats of 10 s per load and server
     .venv/bin/python -m bench.openloop --quick    # ~1-2 minutes: 1 repeat of 5 s
 
 A closed-loop tool (wrk) sends the next request only when the previous answer is in: while the server stalls
