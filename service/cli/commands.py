@@ -66,21 +66,22 @@ def _records(settings: StoreSettings, redis: Redis) -> Records:
 
 
 # --- processes -----------------------------------------------------------------------------------
-def serve(settings: ReceiverSettings, registry: Registry, host: str, port: int) -> int:
+def serve(settings: ReceiverSettings, registry: Registry, host: str, port: int, *, workers: int = 1) -> int:
     import uvicorn
 
+    from runinfra_webhooks.service.cli.serve_workers import receiver_for_process, serve_processes
     from runinfra_webhooks.service.logs import configure_logging
-    from runinfra_webhooks.service.receiver.app import create_app
-    from runinfra_webhooks.service.receiver.edge import EdgeLimits, bounded_protocol
 
+    if workers > 1:
+        # Each worker process builds its own receiver and tracing, from the same environment: see
+        # serve_processes. This process only supervises them.
+        configure_logging(settings.log_level)
+        return serve_processes(host, port, workers)
     tracing = setup_tracing("receiver", os.environ)
     configure_logging(settings.log_level, extra_processors=tracing.log_processors())
     _log_tracing(tracing)
-    app = create_app(settings, registry=registry, tracing=tracing)
+    app, protocol = receiver_for_process(settings, registry, tracing)
     settle_after_startup()  # process-wide, so here at the process's entry rather than in the app factory
-    protocol = bounded_protocol(EdgeLimits(max_header_bytes=settings.max_header_bytes,
-                                           header_timeout=settings.header_timeout,
-                                           max_connections=settings.max_connections))
     # Every delivery is logged once by the receiver with its outcome; uvicorn's access log would repeat it.
     uvicorn.run(app, host=host, port=port, access_log=False, log_config=None, timeout_graceful_shutdown=10,
                 http=protocol)

@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the receiver (uvicorn)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=_positive, default=1, metavar="N",
+                       help="receiver processes sharing the port (default 1); each has its own Redis connections")
 
     worker = sub.add_parser("worker", help="run the arq worker")
     worker.add_argument("--burst", action="store_true", help="exit once the queue is empty")
@@ -126,6 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _positive(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {n}")
+    return n
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
@@ -172,7 +181,7 @@ def _dispatch(args: argparse.Namespace) -> int:
                            console_port=args.console_port)
     if args.command == "serve":
         receiver = load_settings(ReceiverSettings)
-        return commands.serve(receiver, _registry(receiver), args.host, args.port)
+        return commands.serve(receiver, _registry(receiver), args.host, args.port, workers=args.workers)
     if args.command == "console":
         return commands.console(load_settings(ConsoleSettings), args.host, args.port, reindex=args.reindex)
     if args.command == "worker":
