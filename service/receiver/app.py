@@ -27,7 +27,7 @@ from runinfra_webhooks.service.receiver.problems import (
     problem_response,
 )
 from runinfra_webhooks.service.receiver.request_id import RequestIdMiddleware, request_id_of
-from runinfra_webhooks.service.receiver.webhook import Receiver
+from runinfra_webhooks.service.receiver.webhook import PATH, Receiver, WebhookRoute
 from runinfra_webhooks.service.settings import ReceiverSettings
 from runinfra_webhooks.service.storage import keys
 from runinfra_webhooks.service.storage.connection import COMMAND_TIMEOUT_S, STORAGE_ERRORS, connect, persistence
@@ -124,12 +124,14 @@ def create_app(settings: ReceiverSettings, *, redis: Redis | None = None, regist
 
     app = Starlette(
         routes=[
-            Route("/webhooks/runinfra", receiver, methods=["POST"]),
+            # POST is answered by WebhookRoute before the router; the route makes any other method a 405.
+            Route(PATH, receiver, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics_endpoint, methods=["GET"]),
         ],
-        middleware=[*tracing.middleware(), Middleware(RequestIdMiddleware)],
+        middleware=[*tracing.middleware(), Middleware(WebhookRoute, receiver=receiver),
+                    Middleware(RequestIdMiddleware)],
         exception_handlers={Problem: render_problem, HTTPException: render_problem, Exception: render_problem},
         lifespan=lifespan,
     )

@@ -12,7 +12,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from runinfra_webhooks.service.core.ids import new_id
 
-__all__ = ["RequestIdMiddleware", "request_id_of"]
+__all__ = ["RequestIdMiddleware", "assign_request_id", "request_id_of"]
 
 _SANE = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
 _SCOPE_KEY = "rwh.request_id"
@@ -26,6 +26,17 @@ def request_id_of(scope: Scope) -> str:
     return rid
 
 
+def assign_request_id(scope: Scope) -> str:
+    """The request's id (the caller's x-request-id when sane, else a new one), kept in the scope."""
+    rid = ""
+    for name, value in scope["headers"]:
+        if name == b"x-request-id" and _SANE.match(value):
+            rid = value.decode()
+            break
+    scope[_SCOPE_KEY] = rid = rid or _new_id()
+    return rid
+
+
 class RequestIdMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -34,13 +45,7 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        rid = ""
-        for name, value in scope["headers"]:
-            if name == b"x-request-id" and _SANE.match(value):
-                rid = value.decode()
-                break
-        scope[_SCOPE_KEY] = rid = rid or _new_id()
-        raw = rid.encode()
+        raw = assign_request_id(scope).encode()
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":

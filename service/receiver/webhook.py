@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 import structlog
 from pydantic import BaseModel, ValidationError
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from runinfra_webhooks.service.core import signature
 from runinfra_webhooks.service.core.events import (
@@ -33,19 +33,22 @@ from runinfra_webhooks.service.receiver.problems import (
     IngestFailed,
     InvalidEvent,
     InvalidJSONBody,
+    Problem,
     SignatureRejected,
     Unavailable,
+    problem_response,
 )
-from runinfra_webhooks.service.receiver.request_id import request_id_of
+from runinfra_webhooks.service.receiver.request_id import assign_request_id, request_id_of
 from runinfra_webhooks.service.settings import ReceiverSettings
 from runinfra_webhooks.service.storage.connection import STORAGE_ERRORS
 from runinfra_webhooks.service.storage.ingest import Delivery, Ingestor, IngestOutcome
 from runinfra_webhooks.service.storage.redis_errors import classify
 
-__all__ = ["Receiver"]
+__all__ = ["PATH", "Receiver", "WebhookRoute"]
 
 _LOGGER = "service.receiver"
 log = structlog.get_logger(_LOGGER)
+PATH = "/webhooks/runinfra"
 _HEADER = b"runinfra-signature"
 _STATUS = {
     IngestOutcome.QUEUED: 202,
@@ -89,16 +92,23 @@ class Receiver:
     traceparent: Callable[[], str] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """The route as a plain ASGI app: no Request or Response objects on the path every delivery takes.
-        A refusal is raised as a Problem, which the app's exception handler renders, as for any route."""
+        """The webhook as one plain ASGI app: request id, answer, and refusals rendered as problem documents
+        here, with no Request or Response objects on the path every delivery takes."""
+        rid = assign_request_id(scope)
         started = time.perf_counter()
         try:
             status, content = await self._handle(scope, receive)
+        except Problem as problem:
+            response = problem_response(problem, rid)
+            response.headers["x-request-id"] = rid
+            await response(scope, receive, send)
+            return
         finally:
             self.metrics.latency.observe(time.perf_counter() - started)
-        # The headers Starlette's JSONResponse would send (the request-id middleware adds x-request-id).
+        # The headers Starlette's JSONResponse would send, and the request id.
         await send({"type": "http.response.start", "status": status, "headers": [
-            (b"content-length", str(len(content)).encode()), (b"content-type", b"application/json")]})
+            (b"content-length", str(len(content)).encode()), (b"content-type", b"application/json"),
+            (b"x-request-id", rid.encode())]})
         await send({"type": "http.response.body", "body": content})
 
     async def _handle(self, scope: Scope, receive: Receive) -> tuple[int, bytes]:
@@ -185,3 +195,19 @@ class Receiver:
                         error=type(exc).__name__, code=failure.code if failure is not None else "")
             raise Unavailable("Redis did not accept the delivery; retry later",
                               headers={"Retry-After": "5"}) from None
+
+
+class WebhookRoute:
+    """``POST /webhooks/runinfra`` answered by the receiver ahead of Starlette's router, exception and
+    request-id middleware (the receiver does those jobs itself); every other request goes on to the app.
+    Installed inside the app's own middleware, so tracing still wraps each delivery."""
+
+    def __init__(self, app: ASGIApp, *, receiver: Receiver) -> None:
+        self.app = app
+        self.receiver = receiver
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == PATH:
+            await self.receiver(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
