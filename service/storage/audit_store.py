@@ -17,7 +17,7 @@ from runinfra_webhooks.service.core.audit_file import ExportTrailer
 from runinfra_webhooks.service.storage import keys
 
 __all__ = ["TRIM_SCRIPT", "CorruptPointer", "audit_base", "audit_head", "inline_bodies", "iter_audit",
-           "referenced_bodies", "resolve_bodies", "trim_audit"]
+           "iter_audit_batches", "referenced_bodies", "resolve_bodies", "trim_audit"]
 
 Entry = tuple[str, dict[bytes, bytes]]
 
@@ -38,15 +38,23 @@ return removed
 TRIM_SCRIPT = _TRIM
 
 
-async def iter_audit(redis: Redis, *, start: str = "-", end: str = "+", batch: int = 1000) -> AsyncIterator[Entry]:
+async def iter_audit_batches(redis: Redis, *, start: str = "-", end: str = "+", batch: int = 1000
+                             ) -> AsyncIterator[list[Entry]]:
+    """The stream in order, one XRANGE reply at a time: a caller holds one batch, never the whole log."""
     cursor = start
     while True:
         chunk = await redis.xrange(keys.AUDIT_STREAM, min=cursor, max=end, count=batch)
-        for stream_id, fields in chunk:
-            yield stream_id.decode(), fields
+        if chunk:
+            yield [(stream_id.decode(), fields) for stream_id, fields in chunk]
         if len(chunk) < batch:
             return
         cursor = "(" + chunk[-1][0].decode()
+
+
+async def iter_audit(redis: Redis, *, start: str = "-", end: str = "+", batch: int = 1000) -> AsyncIterator[Entry]:
+    async for entries in iter_audit_batches(redis, start=start, end=end, batch=batch):
+        for entry in entries:
+            yield entry
 
 
 class CorruptPointer(ValueError):
