@@ -9,7 +9,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import aclosing, asynccontextmanager, contextmanager
 from importlib import resources
 from pathlib import Path
 from typing import IO, Any
@@ -431,15 +431,18 @@ async def audit_export(settings: ReceiverSettings, out: str | None) -> int:
         count = 0
         with _output(out) as f:
             # One XRANGE batch at a time, its referenced bodies inlined: the log is never held whole.
-            async for batch in iter_audit_batches(redis):
-                kept = [e for e in batch if not (e[1].get(b"seq", b"").isdigit() and int(e[1][b"seq"]) > head_seq)]
-                for stream_id, fields in inline_bodies(kept, await resolve_bodies(redis, referenced_bodies(kept))):
-                    f.write(json.dumps(entry_as_json(stream_id, fields)) + "\n")
-                    count += 1
-                    if count % 10_000 == 0:
-                        _err(f"exported {count} entries")
-                if len(kept) < len(batch):
-                    break  # past the head: what follows was received during the export
+            async with aclosing(iter_audit_batches(redis, read_ahead=True)) as batches:
+                async for batch in batches:
+                    kept = [e for e in batch
+                            if not (e[1].get(b"seq", b"").isdigit() and int(e[1][b"seq"]) > head_seq)]
+                    bodies = await resolve_bodies(redis, referenced_bodies(kept))
+                    for stream_id, fields in inline_bodies(kept, bodies):
+                        f.write(json.dumps(entry_as_json(stream_id, fields)) + "\n")
+                        count += 1
+                        if count % 10_000 == 0:
+                            _err(f"exported {count} entries")
+                    if len(kept) < len(batch):
+                        break  # past the head: what follows was received during the export
             trailer = ExportTrailer(count=count, base_seq=base_seq, base_hash=base_hash, head_seq=head_seq,
                                     head_hash=head_hash, exported_ms=time.time_ns() // 1_000_000)
             secrets = settings.secret_values()
@@ -526,14 +529,15 @@ async def audit_verify(settings: ReceiverSettings, file: str | None, anchor: str
                 base_seq, base_hash = await audit_base(redis)
                 if not started:
                     started, verifier = True, start(base_seq, base_hash)
-                async for batch in iter_audit_batches(redis):
-                    if verifier is None or verifier.problem is not None:
-                        break  # the outcome is decided: the rest of the log cannot change it
-                    # Duplicates keep their body once, by digest: resolved per batch, for this batch only.
-                    bodies = (await resolve_bodies(redis, referenced_bodies(batch))).get
-                    for stream_id, fields in batch:
-                        if verifier.feed(stream_id, fields, bodies) is not None:
-                            break
+                async with aclosing(iter_audit_batches(redis, read_ahead=True)) as batches:
+                    async for batch in batches:
+                        if verifier is None or verifier.problem is not None:
+                            break  # the outcome is decided: the rest of the log cannot change it
+                        # Duplicates keep their body once, by digest: resolved per batch, for this batch only.
+                        bodies = (await resolve_bodies(redis, referenced_bodies(batch))).get
+                        for stream_id, fields in batch:
+                            if verifier.feed(stream_id, fields, bodies) is not None:
+                                break
                 head = await audit_head(redis)
     except FileNotFoundError as exc:
         _err(f"cannot read {exc.filename}: no such file")
