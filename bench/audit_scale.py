@@ -10,7 +10,7 @@ duplicate whose 2 KiB body is kept once by digest), with pipelined XADDs instead
 take seconds. The log grows from one size to the next, so every size is one chain that verifies.
 
 Each command then runs as its own process on core 0, as an operator runs it: `audit export --out FILE`,
-`audit verify` (from Redis) and `audit verify --file FILE`. Wall seconds, and peak RSS from the child's
+`audit verify` (from Redis) and `audit verify --file FILE`. Wall seconds, and peak RSS from the command's
 rusage (``ru_maxrss``, what `/usr/bin/time -v` prints as "Maximum resident set size"). Time per entry and
 the growth of both against the smallest size are printed. CPU seconds (user + system, also from rusage) are
 quoted beside wall seconds: on a shared machine they move less; memory is the robust figure. A command's
@@ -110,21 +110,30 @@ class Filler:
                 pipe.execute()
 
 
+# Linux starts a forked child's peak RSS at its parent's (and keeps it across exec), so a command forked by
+# this process could not report less than this process's peak. A fresh, small interpreter forks it instead,
+# as `/usr/bin/time -v` would, and reports its rusage on the last line of stderr.
+_MEASURE = """
+import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.executable, [sys.executable, "-m", "runinfra_webhooks", *sys.argv[1:]])
+_, status, usage = os.wait4(pid, 0)
+print(f"{usage.ru_maxrss} {usage.ru_utime + usage.ru_stime} {os.waitstatus_to_exitcode(status)}", file=sys.stderr)
+"""
+
+
 def run_cli(python: str, env: dict[str, str], *args: str) -> tuple[float, float, int, str]:
     """One console-script process on the server core: (wall seconds, CPU seconds, peak RSS KiB, stderr)."""
-    with tempfile.TemporaryFile() as err:
-        started = time.perf_counter()
-        # taskset execs the interpreter, so the child's rusage is the command's own.
-        proc = subprocess.Popen([TASKSET, "-c", SERVER_CORE, python, "-m", "runinfra_webhooks", *args], env=env,
-                                stdout=subprocess.DEVNULL, stderr=err)
-        _, status, usage = os.wait4(proc.pid, 0)
-        seconds = time.perf_counter() - started
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        err.seek(0)
-        stderr = err.read().decode(errors="replace")
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(args)} exited with {proc.returncode}: {stderr[-2000:]}")
-    return seconds, usage.ru_utime + usage.ru_stime, int(usage.ru_maxrss), stderr
+    started = time.perf_counter()
+    out = subprocess.run([TASKSET, "-c", SERVER_CORE, python, "-c", _MEASURE, *args], env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False)
+    seconds = time.perf_counter() - started
+    stderr, _, measured = out.stderr.rstrip("\n").rpartition("\n")
+    rss, cpu, code = measured.split()
+    if int(code) != 0:
+        raise RuntimeError(f"{' '.join(args)} exited with {code}: {stderr[-2000:]}")
+    return seconds, float(cpu), int(rss), stderr
 
 
 def measure(label: str, python: str, env: dict[str, str], entries: int, workdir: Path) -> list[Run]:
