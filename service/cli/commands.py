@@ -479,9 +479,9 @@ async def audit_verify(settings: ReceiverSettings, file: str | None, anchor: str
                        ) -> int:
     secrets = settings.secret_values()
     head: tuple[int, str] | None = None
-    # Entries are checked as they are read (files, then Redis batch by batch) and never held; a problem is
-    # reported only after everything that the whole-log version reported before it (bad lines, cuts, the
-    # pointers in Redis, the archive's base), so the outcome is the same.
+    # Entries are checked as they are read (files, then Redis batch by batch) and never held. A problem in an
+    # entry is reported only after the checks that rank before it (bad lines, cuts, the pointers in Redis,
+    # the archive's base), wherever in the log those are: the answer does not depend on the reading order.
     verifier: ChainVerifier | None = None
     started = False
     archived_first: Entry | None = None
