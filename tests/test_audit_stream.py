@@ -16,8 +16,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from redis.asyncio import Redis
 
-from runinfra_webhooks.service.core.audit import GENESIS, ChainVerifier, entry_as_json, verify_entries
+from runinfra_webhooks.service.console.operations import verify_audit
+from runinfra_webhooks.service.core.audit import GENESIS, ChainVerifier, chain_hash, entry_as_json, verify_entries
 from runinfra_webhooks.service.core.audit_file import AuditFileError, ExportReader, ExportTrailer
 from runinfra_webhooks.service.storage import keys
 from tests.audit_fill import BIG_BODY, audit_entries, fill_audit
@@ -240,3 +242,17 @@ def test_verify_file_reports_the_first_tampered_entry_of_a_whole_file(
     assert out.returncode == 1
     assert "seq=1150" in out.stderr and "digest_mismatch" in out.stderr, out.stderr
     assert "1149 entries verified before it" in out.stderr
+
+
+async def test_console_verify_in_chunks_detects_a_copy_of_an_entry_from_an_earlier_chunk(db: Db, redis: Redis) -> None:
+    """Entry 1 copied to seq 251 with the chain and head recomputed, verified 100 at a time: duplicate_delivery."""
+    fill_audit(db, 250)
+    copy = dict(db.xrange(keys.AUDIT_STREAM)[0][1])
+    prev = db.xrange(keys.AUDIT_STREAM)[-1][1][b"hash"].decode()
+    copy[b"seq"], copy[b"prev"] = b"251", prev.encode()
+    copy[b"hash"] = chain_hash(prev, 251, copy[b"outcome"].decode(), copy[b"digest"].decode()).encode()
+    db.xadd(keys.AUDIT_STREAM, copy)
+    db.hset(keys.AUDIT_HEAD, mapping={"seq": 251, "hash": copy[b"hash"]})
+    result = await verify_audit(redis, secrets=SECRETS, tolerance=300, chunk=100)
+    assert result["ok"] is False and result["checked"] == 250
+    assert (result["problem"]["code"], result["problem"]["seq"]) == ("duplicate_delivery", 251)

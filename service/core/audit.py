@@ -38,7 +38,7 @@ from typing import Any
 from runinfra_webhooks.service.core import signature
 
 __all__ = [
-    "GENESIS", "AuditProblem", "ChainVerifier", "EntryMac", "body_sha256", "chain_hash", "entry_as_json",
+    "GENESIS", "AuditProblem", "BodyLookup", "ChainVerifier", "EntryMac", "body_sha256", "chain_hash", "entry_as_json",
     "entry_digest", "entry_key", "entry_mac", "verify_entries",
 ]
 
