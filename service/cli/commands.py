@@ -8,8 +8,8 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import aclosing, asynccontextmanager, contextmanager
 from importlib import resources
 from pathlib import Path
 from typing import IO, Any
@@ -19,8 +19,8 @@ import structlog
 from redis.asyncio import Redis
 
 from runinfra_webhooks.handlers.registry import Registry
-from runinfra_webhooks.service.core.audit import verify_entries
-from runinfra_webhooks.service.core.audit_file import AuditFileError, ExportTrailer, parse_lines
+from runinfra_webhooks.service.core.audit import ChainVerifier
+from runinfra_webhooks.service.core.audit_file import AuditFileError, Entry, ExportReader, ExportTrailer
 from runinfra_webhooks.service.core.signature import sign
 from runinfra_webhooks.service.gc_tuning import settle_after_startup
 from runinfra_webhooks.service.settings import ConsoleSettings, ReceiverSettings, StoreSettings, WorkerSettings
@@ -29,7 +29,7 @@ from runinfra_webhooks.service.storage.audit_store import (
     audit_base,
     audit_head,
     inline_bodies,
-    iter_audit,
+    iter_audit_batches,
     referenced_bodies,
     resolve_bodies,
 )
@@ -406,10 +406,15 @@ def _output(path: str | None) -> Iterator[IO[str]]:
         yield f
 
 
-def _read_export(path: Path) -> tuple[list[tuple[str, dict[bytes, bytes]]], ExportTrailer | None]:
-    """Entries and trailer of an export or archive file; AuditFileError / OSError name what is wrong."""
+def _read_export(path: Path, check: Callable[[Entry], None]) -> ExportReader:
+    """Read an export or archive file, passing each entry to ``check`` as it is read; AuditFileError /
+    OSError name what is wrong. The file is read to the end whatever ``check`` finds: a bad line or a cut
+    is reported before a problem in an entry."""
     with path.open(encoding="utf-8") as f:
-        return parse_lines(f)
+        reader = ExportReader(f)
+        for entry in reader:
+            check(entry)
+    return reader
 
 
 async def audit_export(settings: ReceiverSettings, out: str | None) -> int:
@@ -424,39 +429,46 @@ async def audit_export(settings: ReceiverSettings, out: str | None) -> int:
         except CorruptPointer as exc:
             _err(f"audit export: {exc}")
             return 1
-        entries = [e async for e in iter_audit(redis)]
-        entries = [e for e in entries if not (e[1].get(b"seq", b"").isdigit() and int(e[1][b"seq"]) > head_seq)]
-        entries = inline_bodies(entries, await resolve_bodies(redis, referenced_bodies(entries)))
-    trailer = ExportTrailer(count=len(entries), base_seq=base_seq, base_hash=base_hash, head_seq=head_seq,
-                            head_hash=head_hash, exported_ms=time.time_ns() // 1_000_000)
-    secrets = settings.secret_values()
-    if secrets:
-        trailer = trailer.signed(secrets[0])
-    with _output(out) as f:
-        for count, (stream_id, fields) in enumerate(entries, start=1):
-            f.write(json.dumps(entry_as_json(stream_id, fields)) + "\n")
-            if count % 10_000 == 0:
-                _err(f"exported {count} entries")
-        f.write(trailer.as_line() + "\n")
+        count = 0
+        with _output(out) as f:
+            # One XRANGE batch at a time, its referenced bodies inlined: the log is never held whole.
+            async with aclosing(iter_audit_batches(redis, read_ahead=True)) as batches:
+                async for batch in batches:
+                    kept = [e for e in batch
+                            if not (e[1].get(b"seq", b"").isdigit() and int(e[1][b"seq"]) > head_seq)]
+                    bodies = await resolve_bodies(redis, referenced_bodies(kept))
+                    for stream_id, fields in inline_bodies(kept, bodies):
+                        f.write(json.dumps(entry_as_json(stream_id, fields)) + "\n")
+                        count += 1
+                        if count % 10_000 == 0:
+                            _err(f"exported {count} entries")
+                    if len(kept) < len(batch):
+                        break  # past the head: what follows was received during the export
+            trailer = ExportTrailer(count=count, base_seq=base_seq, base_hash=base_hash, head_seq=head_seq,
+                                    head_hash=head_hash, exported_ms=time.time_ns() // 1_000_000)
+            secrets = settings.secret_values()
+            if secrets:
+                trailer = trailer.signed(secrets[0])
+            f.write(trailer.as_line() + "\n")
     # The head is the anchor: keep it somewhere else, and a later rewrite of the chain is detectable.
-    _err(json.dumps({"exported": len(entries), "head_seq": head_seq, "head_hash": head_hash}))
+    _err(json.dumps({"exported": count, "head_seq": head_seq, "head_hash": head_hash}))
     return 0
 
 
-def _check_cut(entries: list[tuple[str, dict[bytes, bytes]]], trailer: ExportTrailer | None,
-               secrets: tuple[bytes, ...], *, archive: bool = False) -> str | None:
+def _check_cut(reader: ExportReader, secrets: tuple[bytes, ...], *, archive: bool = False) -> str | None:
     """Why an export (or archive) file is not whole, or None."""
+    trailer = reader.trailer
     if trailer is None:
         return "no export trailer: the file was cut at the end (or written by an older version)"
     if trailer.mac and not trailer.authentic(secrets):
         return "the export trailer's MAC does not verify with the configured secrets"
     if not trailer.mac and not archive:
         _err("note: the trailer carries no MAC (an archive written by a worker): compare its head with an anchor")
-    if trailer.count != len(entries):
-        return f"the trailer counts {trailer.count} entries, the file holds {len(entries)}"
-    if not entries:
+    if trailer.count != reader.count:
+        return f"the trailer counts {trailer.count} entries, the file holds {reader.count}"
+    if reader.first is None or reader.last is None:
         return None if trailer.head_seq == trailer.base_seq else "no entries, but the trailer names a head"
-    first, last = entries[0][1], entries[-1][1]
+    first, last = reader.first[1], reader.last[1]
     if first.get(b"seq") != str(trailer.base_seq + 1).encode() or first.get(b"prev") != trailer.base_hash.encode():
         return f"the first entry does not follow the base (seq {trailer.base_seq}): the file was cut at the start"
     if last.get(b"seq") != str(trailer.head_seq).encode() or last.get(b"hash") != trailer.head_hash.encode():
@@ -467,18 +479,39 @@ def _check_cut(entries: list[tuple[str, dict[bytes, bytes]]], trailer: ExportTra
 async def audit_verify(settings: ReceiverSettings, file: str | None, anchor: str | None, archive: str | None = None
                        ) -> int:
     secrets = settings.secret_values()
-    bodies: dict[str, bytes] = {}
     head: tuple[int, str] | None = None
-    archived: list[tuple[str, dict[bytes, bytes]]] = []
+    # Entries are checked as they are read (files, then Redis batch by batch) and never held. A problem in an
+    # entry is reported only after the checks that rank before it (bad lines, cuts, the pointers in Redis,
+    # the archive's base), wherever in the log those are: the answer does not depend on the reading order.
+    verifier: ChainVerifier | None = None
+    started = False
+    archived_first: Entry | None = None
+    archived_last: Entry | None = None
+
+    def start(base_seq: int, base_hash: str) -> ChainVerifier:
+        return ChainVerifier(secrets=secrets, tolerance=settings.tolerance, base_seq=base_seq, base_hash=base_hash,
+                             anchor=anchor)
+
+    def check(entry: Entry) -> None:
+        # A file's base is its first entry's (its trailer comes last; the cut check then holds the two equal).
+        nonlocal verifier, started
+        if not started:
+            started = True
+            seq = entry[1].get(b"seq", b"")
+            if seq.isdigit():
+                verifier = start(int(seq) - 1, entry[1].get(b"prev", b"").decode())
+        if verifier is not None:
+            verifier.feed(*entry)
+
     try:
         if file is not None:
-            entries, trailer = _read_export(Path(file))
-            cut = _check_cut(entries, trailer, secrets)
+            reader = _read_export(Path(file), check)
+            cut = _check_cut(reader, secrets)
             if cut is not None:
                 _err(f"{file}: export_cut: {cut}")
                 return 1
-            assert trailer is not None
-            base_seq, base_hash = trailer.base_seq, trailer.base_hash
+            assert reader.trailer is not None
+            base_seq, base_hash = reader.trailer.base_seq, reader.trailer.base_hash
         else:
             if archive is not None:
                 files = sorted(Path(archive).glob("audit-*.jsonl"))
@@ -486,17 +519,27 @@ async def audit_verify(settings: ReceiverSettings, file: str | None, anchor: str
                     _err(f"{archive}: no audit archive files (audit-*.jsonl)")
                     return 1
                 for path in files:
-                    part, trailer = _read_export(path)
-                    cut = _check_cut(part, trailer, secrets, archive=True)
+                    reader = _read_export(path, check)
+                    cut = _check_cut(reader, secrets, archive=True)
                     if cut is not None:
                         _err(f"{path}: export_cut: {cut}")
                         return 1
-                    archived.extend(part)
+                    archived_first = archived_first or reader.first
+                    archived_last = reader.last or archived_last
             async with _redis(settings) as redis:
                 base_seq, base_hash = await audit_base(redis)
-                entries = [e async for e in iter_audit(redis)]
+                if not started:
+                    started, verifier = True, start(base_seq, base_hash)
+                async with aclosing(iter_audit_batches(redis, read_ahead=True)) as batches:
+                    async for batch in batches:
+                        if verifier is None or verifier.problem is not None:
+                            break  # the outcome is decided: the rest of the log cannot change it
+                        # Duplicates keep their body once, by digest: resolved per batch, for this batch only.
+                        bodies = (await resolve_bodies(redis, referenced_bodies(batch))).get
+                        for stream_id, fields in batch:
+                            if verifier.feed(stream_id, fields, bodies) is not None:
+                                break
                 head = await audit_head(redis)
-                bodies = await resolve_bodies(redis, referenced_bodies(entries))
     except FileNotFoundError as exc:
         _err(f"cannot read {exc.filename}: no such file")
         return 1
@@ -506,15 +549,15 @@ async def audit_verify(settings: ReceiverSettings, file: str | None, anchor: str
     except (AuditFileError, CorruptPointer) as exc:
         _err(f"{file or archive or 'audit'}: malformed_entry: {exc}")
         return 1
-    if archived:
+    if archived_first is not None and archived_last is not None:
         # The archive and Redis must be one chain, and Redis's base must be the last archived entry: a base
         # moved past entries that were never archived (trimmed by hand) is caught here.
-        last_archived = archived[-1][1]
+        last_archived = archived_last[1]
         if (str(base_seq).encode(), base_hash.encode()) != (last_archived.get(b"seq"), last_archived.get(b"hash")):
             _err(f"base_mismatch: Redis's audit base (seq {base_seq}) is not the last archived entry "
                  f"(seq {last_archived.get(b'seq', b'?').decode()}): entries were removed without being archived")
             return 1
-        first = archived[0][1]
+        first = archived_first[1]
         first_seq = first.get(b"seq", b"")
         if not first_seq.isdigit():
             _err("malformed_entry: the first archived entry has no decimal seq")
@@ -522,20 +565,19 @@ async def audit_verify(settings: ReceiverSettings, file: str | None, anchor: str
         base_seq, base_hash = int(first_seq) - 1, first.get(b"prev", b"").decode()
         if base_seq != 0:
             _err(f"note: the archive starts at seq {base_seq + 1}; older entries are not checked")
-        entries = archived + entries
-    checked, problem = verify_entries(entries, secrets=secrets, tolerance=settings.tolerance,
-                                      base_seq=base_seq, base_hash=base_hash, bodies=bodies.get)
+    # No verifier only when there were no entries (a file whose first seq is not a number fails its cut check).
+    checked, problem = (verifier.checked, verifier.problem) if verifier is not None else (0, None)
     if problem is not None:
         _err(f"audit entry seq={problem.seq} id={problem.stream_id}: {problem.code}: {problem.detail}")
         _err(f"{checked} entries verified before it")
         return 1
-    last = (int(entries[-1][1][b"seq"]), entries[-1][1][b"hash"].decode()) if entries else (base_seq, base_hash)
+    last = verifier.last if verifier is not None else (base_seq, base_hash)
     if head is not None and last != head:
         _err(f"head_mismatch: the newest entry (seq {last[0]}) is not the recorded head (seq {head[0]}): entries "
              "were removed at the end")
         return 1
-    hashes = {e[1].get(b"hash", b"").decode() for e in entries} | {base_hash}
-    if anchor is not None and anchor not in hashes:
+    anchored = verifier.anchor_seen if verifier is not None else anchor == base_hash
+    if anchor is not None and not anchored:
         _err(f"anchor {anchor} is not in the chain: the log was rewritten or trimmed past it")
         return 1
     _err(f"audit log ok: {checked} entries, signatures, MACs and chain verified")

@@ -9,7 +9,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from runinfra_webhooks.service.core.audit import verify_entries
+from runinfra_webhooks.service.core.audit import BodyLookup, ChainVerifier
 from runinfra_webhooks.service.storage.audit_store import (
     audit_base,
     audit_head,
@@ -79,23 +79,28 @@ async def verify_audit(redis: Redis, *, secrets: tuple[bytes, ...], tolerance: i
         result["problem"] = {"seq": 0, "stream_id": None, "code": "no_secret",
                              "detail": "RUNINFRA_WEBHOOK_SECRET is not set: signatures and MACs cannot be checked"}
         return result
-    last: tuple[int, str] = (base_seq, base_hash)
+    # One verifier across the chunks: the delivery ids seen and whether MACs began carry over a chunk's border.
+    verifier = ChainVerifier(secrets=secrets, tolerance=tolerance, base_seq=base_seq, base_hash=base_hash)
     last_id: str | None = None
     entries: list[tuple[str, dict[bytes, bytes]]] = []
 
+    def feed(bodies: BodyLookup) -> None:
+        for stream_id, fields in entries:
+            if verifier.feed(stream_id, fields, bodies) is not None:
+                return
+
     async def check() -> bool:
-        nonlocal last, last_id
+        nonlocal last_id
         # Duplicates keep their body once, by digest: resolve those this chunk references.
         bodies = await resolve_bodies(redis, referenced_bodies(entries))
-        checked, problem = await asyncio.to_thread(verify_entries, entries, secrets=secrets, tolerance=tolerance,
-                                                   base_seq=last[0], base_hash=last[1], bodies=bodies.get)
-        result["checked"] += checked
+        await asyncio.to_thread(feed, bodies.get)
+        result["checked"] = verifier.checked
+        problem = verifier.problem
         if problem is not None:
             result["ok"] = False
             result["problem"] = {"seq": problem.seq, "stream_id": problem.stream_id, "code": problem.code,
                                  "detail": problem.detail}
             return False
-        last = (int(entries[-1][1][b"seq"]), entries[-1][1][b"hash"].decode())
         last_id = entries[-1][0]
         entries.clear()
         return True
@@ -106,6 +111,7 @@ async def verify_audit(redis: Redis, *, secrets: tuple[bytes, ...], tolerance: i
             return result
     if entries and not await check():
         return result
+    last = verifier.last
     if last != head:
         result["ok"] = False
         result["problem"] = {"seq": last[0], "stream_id": last_id, "code": "head_mismatch",

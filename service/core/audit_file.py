@@ -11,13 +11,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from runinfra_webhooks.service.core.audit import entry_key
 
-__all__ = ["AuditFileError", "ExportTrailer", "parse_export_line", "parse_lines"]
+__all__ = ["AuditFileError", "ExportReader", "ExportTrailer", "parse_export_line", "parse_lines"]
 
 Entry = tuple[str, dict[bytes, bytes]]
 
@@ -100,19 +100,40 @@ def parse_export_line(line: str, number: int) -> Entry | ExportTrailer:
     return stream_id, fields
 
 
+class ExportReader:
+    """The entries of an export or archive file as its lines are read, one at a time.
+
+    Once iterated to the end, ``trailer`` (None when there is none), ``count``, ``first`` and ``last`` hold
+    what the cut check needs, so a file of any length is checked without holding its entries.
+    """
+
+    def __init__(self, lines: Iterable[str]) -> None:
+        self._lines = lines
+        self.trailer: ExportTrailer | None = None
+        self.count = 0
+        self.first: Entry | None = None
+        self.last: Entry | None = None
+
+    def __iter__(self) -> Iterator[Entry]:
+        for number, line in enumerate(self._lines, start=1):
+            if not line.strip():
+                continue
+            if self.trailer is not None:
+                msg = f"line {number}: entries after the export trailer"
+                raise AuditFileError(msg)
+            parsed = parse_export_line(line, number)
+            if isinstance(parsed, ExportTrailer):
+                self.trailer = parsed
+                continue
+            self.count += 1
+            if self.first is None:
+                self.first = parsed
+            self.last = parsed
+            yield parsed
+
+
 def parse_lines(lines: Iterable[str]) -> tuple[list[Entry], ExportTrailer | None]:
     """Entries in file order and the trailer (None when there is none). A trailer must be the last line."""
-    entries: list[Entry] = []
-    trailer: ExportTrailer | None = None
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        if trailer is not None:
-            msg = f"line {number}: entries after the export trailer"
-            raise AuditFileError(msg)
-        parsed = parse_export_line(line, number)
-        if isinstance(parsed, ExportTrailer):
-            trailer = parsed
-        else:
-            entries.append(parsed)
-    return entries, trailer
+    reader = ExportReader(lines)
+    entries = list(reader)
+    return entries, reader.trailer

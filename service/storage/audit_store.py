@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 
 from redis.asyncio import Redis
@@ -17,7 +18,7 @@ from runinfra_webhooks.service.core.audit_file import ExportTrailer
 from runinfra_webhooks.service.storage import keys
 
 __all__ = ["TRIM_SCRIPT", "CorruptPointer", "audit_base", "audit_head", "inline_bodies", "iter_audit",
-           "referenced_bodies", "resolve_bodies", "trim_audit"]
+           "iter_audit_batches", "referenced_bodies", "resolve_bodies", "trim_audit"]
 
 Entry = tuple[str, dict[bytes, bytes]]
 
@@ -38,15 +39,39 @@ return removed
 TRIM_SCRIPT = _TRIM
 
 
+async def iter_audit_batches(redis: Redis, *, start: str = "-", end: str = "+", batch: int = 1000,
+                             read_ahead: bool = False) -> AsyncGenerator[list[Entry], None]:
+    """The stream in order, one XRANGE reply at a time: a caller holds one batch, never the whole log.
+
+    With ``read_ahead`` the next batch is asked for before this one is handed over, so that Redis reads and
+    sends it while the caller works on this one (two batches held). A caller that leaves early closes the
+    iterator (``contextlib.aclosing``), which waits for the read in flight.
+    """
+    def read(cursor: str) -> asyncio.Future[list[tuple[bytes, dict[bytes, bytes]]]]:
+        return asyncio.ensure_future(redis.xrange(keys.AUDIT_STREAM, min=cursor, max=end, count=batch))
+
+    pending: asyncio.Future[list[tuple[bytes, dict[bytes, bytes]]]] | None = read(start)
+    try:
+        while pending is not None:
+            chunk, pending = await pending, None
+            full = len(chunk) == batch
+            if full and read_ahead:
+                pending = read("(" + chunk[-1][0].decode())
+                await asyncio.sleep(0)  # the read sends its command now, before the caller's work
+            if chunk:
+                yield [(stream_id.decode(), fields) for stream_id, fields in chunk]
+            if full and pending is None:
+                pending = read("(" + chunk[-1][0].decode())
+    finally:
+        if pending is not None:
+            with contextlib.suppress(Exception):
+                await pending
+
+
 async def iter_audit(redis: Redis, *, start: str = "-", end: str = "+", batch: int = 1000) -> AsyncIterator[Entry]:
-    cursor = start
-    while True:
-        chunk = await redis.xrange(keys.AUDIT_STREAM, min=cursor, max=end, count=batch)
-        for stream_id, fields in chunk:
-            yield stream_id.decode(), fields
-        if len(chunk) < batch:
-            return
-        cursor = "(" + chunk[-1][0].decode()
+    async for entries in iter_audit_batches(redis, start=start, end=end, batch=batch):
+        for entry in entries:
+            yield entry
 
 
 class CorruptPointer(ValueError):
