@@ -186,7 +186,9 @@ def write_atomically(path: Path, data: bytes) -> None:
 @handler("transcription.completed")
 async def handle(event: TranscriptionCompleted, ctx: HandlerContext) -> None:
     settings = ctx.require_settings()
-    done = await asyncio.to_thread(existing_audio, settings.artifacts_dir, event.id)
+    # A few stat() calls: far cheaper on the event loop than a hop to a thread and back (the write, with
+    # its fsyncs, does go to a thread).
+    done = existing_audio(settings.artifacts_dir, event.id)
     if done is not None:
         log.info("followup.already_done", event_id=event.id, path=str(done))
         return

@@ -23,7 +23,7 @@ from runinfra_webhooks.service.gateway.client import (
     idempotency_key,
 )
 from runinfra_webhooks.service.settings import Settings
-from tests.stubserver import STUB_API_KEY, StubServer
+from tests.stubserver import STUB_API_KEY, StubServer, start_gateway_stub
 
 EMBED = {"model": "stub-embed", "input": ["a", "b"]}
 KEY = idempotency_key("evt_1", "embed", 0, 0)
@@ -334,17 +334,19 @@ async def test_from_settings_uses_base_url_key_and_limits(stub: StubServer) -> N
 
 
 @pytest.mark.parametrize("max_connections", [1, 20, 50])
-async def test_concurrent_calls_use_every_connection_and_never_more(
-    stub: StubServer, make_client: MakeClient, max_connections: int
-) -> None:
+async def test_concurrent_calls_use_every_connection_and_never_more(max_connections: int) -> None:
     """The client spreads calls over several small connection pools: together they hold exactly
     ``max_connections`` calls in flight at the gateway, never more, and every call is answered."""
-    stub.set_faults(route="/v1/embeddings", latency=0.2)
-    client = make_client(max_connections=max_connections)
-    calls = 3 * max_connections
-    responses = await asyncio.gather(*(
-        client.post("/embeddings", EMBED, idempotency_key=f"{KEY}-{i}") for i in range(calls)))
-    assert all(r.status == 200 for r in responses)
-    seen = [c for c in stub.calls() if c["route"] == "/v1/embeddings"]
-    assert len(seen) == calls
-    assert max(c["in_flight"] for c in seen) == max_connections
+    with start_gateway_stub(latency=0.2) as stub:  # its own: no call of another test still in flight there
+        client = GatewayClient(stub.base_url, STUB_API_KEY, timeout=5.0, max_connections=max_connections,
+                               max_attempts=1, retry_base=0.5, retry_cap=60.0)
+        try:
+            calls = 3 * max_connections
+            responses = await asyncio.gather(*(
+                client.post("/embeddings", EMBED, idempotency_key=f"{KEY}-{i}") for i in range(calls)))
+        finally:
+            await client.aclose()
+        assert all(r.status == 200 for r in responses)
+        seen = [c for c in stub.calls() if c["route"] == "/v1/embeddings"]
+        assert len(seen) == calls
+        assert max(c["in_flight"] for c in seen) == max_connections
