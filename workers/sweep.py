@@ -104,15 +104,14 @@ async def _examine(deps: WorkerDeps, ids: list[str], now_ms: int) -> tuple[int, 
         await redis.zrem(keys.INFLIGHT, *gone)
     pipe = redis.pipeline(transaction=False)
     for _, job_id in present:
-        pipe.exists(keys.ARQ_JOB + job_id)
-        pipe.exists(keys.ARQ_IN_PROGRESS + job_id)
+        pipe.exists(keys.ARQ_JOB + job_id, keys.ARQ_IN_PROGRESS + job_id)
         pipe.zscore(keys.ARQ_QUEUE, job_id)
     replies = await pipe.execute() if present else []
     requeued = lost = 0
     for i, (event_id, job_id) in enumerate(present):
-        job, in_progress, queued = replies[3 * i:3 * i + 3]
-        if job or in_progress:
-            if queued is None and job and await redis.exists(keys.ARQ_JOB + job_id):
+        job_or_running, queued = replies[2 * i:2 * i + 2]
+        if job_or_running:
+            if queued is None and await redis.exists(keys.ARQ_JOB + job_id):
                 await redis.zadd(keys.ARQ_QUEUE, {job_id: now_ms})  # job kept, queue entry lost
                 requeued += 1
             continue
