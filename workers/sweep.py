@@ -88,30 +88,21 @@ async def _stale_page(redis: Redis, after: str, stale_before: int) -> tuple[list
 
 
 async def _examine(deps: WorkerDeps, ids: list[str], now_ms: int) -> tuple[int, int]:
-    """One page: two pipelined round trips read what the verdicts need; only an event whose job is missing
-    costs more (its record read again, then one guarded script)."""
+    """One page: one read-only script reads what the verdicts need; only an event whose job is missing costs
+    more (its record read again, then one guarded script)."""
     s, records, redis = deps.settings, deps.records, deps.redis
-    pipe = redis.pipeline(transaction=False)
-    for event_id in ids:
-        pipe.hmget(keys.event(event_id), ["id", "generation"])
     present, gone = [], []
-    for event_id, (stored_id, generation) in zip(ids, await pipe.execute(), strict=True):
-        if stored_id is None:
+    for event_id, (generation, job_or_running, queued) in zip(ids, await records.inflight_checks(ids), strict=True):
+        if generation is None:
             gone.append(event_id)  # the record expired
         else:
-            present.append((event_id, keys.job_id(event_id, int(generation or 0))))
+            present.append((event_id, keys.job_id(event_id, generation), job_or_running, queued))
     if gone:
         await redis.zrem(keys.INFLIGHT, *gone)
-    pipe = redis.pipeline(transaction=False)
-    for _, job_id in present:
-        pipe.exists(keys.ARQ_JOB + job_id, keys.ARQ_IN_PROGRESS + job_id)
-        pipe.zscore(keys.ARQ_QUEUE, job_id)
-    replies = await pipe.execute() if present else []
     requeued = lost = 0
-    for i, (event_id, job_id) in enumerate(present):
-        job_or_running, queued = replies[2 * i:2 * i + 2]
+    for event_id, job_id, job_or_running, queued in present:
         if job_or_running:
-            if queued is None and await redis.exists(keys.ARQ_JOB + job_id):
+            if not queued and await redis.exists(keys.ARQ_JOB + job_id):
                 await redis.zadd(keys.ARQ_QUEUE, {job_id: now_ms})  # job kept, queue entry lost
                 requeued += 1
             continue

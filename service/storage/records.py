@@ -208,6 +208,41 @@ return 1
 """, indexes=True)
 
 
+# Read-only, for listings: many records' fields in one command. A pipeline of HMGETs costs the client a
+# packed command per record (most of a listing's time); here each record is one argument.
+# ARGV: event key prefix, field count, the fields, then the event ids.
+_SUMMARIES = """
+local nf = tonumber(ARGV[2])
+local fields = {}
+for i = 1, nf do fields[i] = ARGV[2 + i] end
+local out = {}
+for i = 3 + nf, #ARGV do out[#out + 1] = redis.call('HMGET', ARGV[1] .. ARGV[i], unpack(fields)) end
+return out
+"""
+
+# Read-only, for the sweep: per in-flight id, its generation ('' when the record is gone), whether its arq
+# job or its in-progress key exists (0/1), and whether the job is in arq's queue (0/1). The job id is
+# arq_job.job_id's format. ARGV: event key prefix, job prefix, in-progress prefix, queue key, event ids.
+_INFLIGHT_CHECKS = """
+local out = {}
+for i = 5, #ARGV do
+  local id = ARGV[i]
+  local r = redis.call('HMGET', ARGV[1] .. id, 'id', 'generation')
+  if not r[1] then
+    out[#out + 1] = ''
+    out[#out + 1] = 0
+    out[#out + 1] = 0
+  else
+    local job = id .. '@' .. (r[2] or '0')
+    out[#out + 1] = r[2] or '0'
+    out[#out + 1] = math.min(redis.call('EXISTS', ARGV[2] .. job, ARGV[3] .. job), 1)
+    out[#out + 1] = redis.call('ZSCORE', ARGV[4], job) and 1 or 0
+  end
+end
+return out
+"""
+
+
 # Public for sorting errors (service.redis_errors): a runtime error names its script by SHA-1 only.
 START_SCRIPT, FINISH_SCRIPT, ADD_REQUEST_ID_SCRIPT = _START, _FINISH, _ADD_REQUEST_ID
 HANDLER_DONE_SCRIPT = _HANDLER_DONE
@@ -282,6 +317,8 @@ class Records:
         self._replay = self.scripts.script(_REPLAY)
         self._handler_done = self.scripts.script(_HANDLER_DONE)
         self._requeue = self.scripts.script(_REQUEUE)
+        self._summaries_script = redis.register_script(_SUMMARIES)
+        self._inflight_script = redis.register_script(_INFLIGHT_CHECKS)
 
     async def get(self, event_id: str) -> EventRecord | None:
         raw = await self.redis.hgetall(keys.event(event_id))  # type: ignore[misc]
@@ -407,15 +444,18 @@ class Records:
 
     async def _summaries(self, ids: list[str]) -> list[EventRecord]:
         """The records of ``ids`` without their bodies (a page of 1 MiB bodies would be 1 GB), one round trip."""
-        pipe = self.redis.pipeline(transaction=False)
-        for event_id in ids:
-            pipe.hmget(keys.event(event_id), list(_SUMMARY_FIELDS))
-        out = []
-        for values in await pipe.execute():
-            if values[0] is not None:
-                out.append(EventRecord.from_hash({f.encode(): v for f, v in zip(_SUMMARY_FIELDS, values, strict=True)
-                                                  if v is not None}))
-        return out
+        rows = await self._summaries_script(args=[keys.event(""), len(_SUMMARY_FIELDS), *_SUMMARY_FIELDS, *ids])
+        fields = [f.encode() for f in _SUMMARY_FIELDS]
+        return [EventRecord.from_hash({f: v for f, v in zip(fields, values, strict=True) if v is not None})
+                for values in rows if values[0] is not None]
+
+    async def inflight_checks(self, ids: list[str]) -> list[tuple[int | None, bool, bool]]:
+        """Per id, in one round trip: its generation (None: the record is gone), whether its arq job (or a
+        worker's in-progress mark) exists, and whether the job is in arq's queue."""
+        flat = await self._inflight_script(args=[keys.event(""), keys.ARQ_JOB, keys.ARQ_IN_PROGRESS, keys.ARQ_QUEUE,
+                                                 *ids])
+        return [(int(g) if g else None, bool(job), bool(queued))
+                for g, job, queued in zip(flat[::3], flat[1::3], flat[2::3], strict=True)]
 
     async def stale_inflight(self, older_than_ms: int) -> list[str]:
         ids = await self.redis.zrangebyscore(keys.INFLIGHT, "-inf", older_than_ms, start=0, num=1000)
