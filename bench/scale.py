@@ -314,7 +314,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--only", default="deadletters,sweep,memory", help="comma-separated: deadletters,sweep,memory,rss")
     p.add_argument("--dl-sizes", default="1000,10000,100000")
     p.add_argument("--sweep-sizes", default="1000,10000,100000")
-    p.add_argument("--sweep-runs", type=int, default=5)
+    p.add_argument("--sweep-runs", type=int, default=12)
     p.add_argument("--memory-sizes", default="10000,100000,1000000")
     p.add_argument("--rss-total", type=int, default=300_000)
     p.add_argument("--connections", type=int, default=50)
