@@ -120,42 +120,59 @@ def _states(redis: SyncRedis, n: int) -> list[tuple[str, int, bool]]:
     return out
 
 
+def _replay_killed(env: dict[str, str], stdout: Path, delay: float) -> str:
+    """Start `replay --all-dead-lettered`, SIGKILL it ``delay`` seconds after its first progress line."""
+    with stdout.open("wb") as out, subprocess.Popen(
+            [sys.executable, "-m", "runinfra_webhooks", "replay", "--all-dead-lettered"], env=env, stdout=out,
+            stderr=subprocess.PIPE, text=True) as proc:
+        assert proc.stderr is not None
+        first = proc.stderr.readline()
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    return first
+
+
+def _check_replayed_once_or_parked(redis: SyncRedis) -> int:
+    """Every event queued under generation 1 with one arq job, or dead-lettered under generation 0."""
+    states = _states(redis, N_REPLAYED)
+    replayed = sum(s == ("queued", 1, False) for s in states)
+    parked = sum(s == ("dead_lettered", 0, True) for s in states)
+    assert replayed + parked == N_REPLAYED, set(states) - {("queued", 1, False), ("dead_lettered", 0, True)}
+    assert redis.zcard(keys.ARQ_QUEUE) == replayed  # one job each, all of generation 1
+    jobs: list[bytes] = redis.zrange(keys.ARQ_QUEUE, 0, -1)  # type: ignore[assignment]
+    assert all(m.endswith(b"@1") for m in jobs)
+    return replayed
+
+
 def test_replay_all_killed_half_way_leaves_each_replayed_once_or_still_dead_lettered(
     redis_url: str, tmp_path: Path
 ) -> None:
-    """SIGKILL after the first progress line: each event is queued under generation 1 with one arq job, or
-    still dead-lettered under generation 0; none lost. A second run replays exactly the rest."""
+    """SIGKILL right after the first progress line (between pages), then a second run killed 50 ms after
+    its first (inside a page): each event is queued under generation 1 with one arq job, or still
+    dead-lettered under generation 0; none lost. A last run replays exactly the rest."""
     asyncio.run(fill_dead_letters(redis_url, N_REPLAYED, per_ms=3))
     env = _env(redis_url, tmp_path)
     redis = SyncRedis.from_url(redis_url)
     try:
-        with (tmp_path / "first.stdout").open("wb") as out:
-            with subprocess.Popen([sys.executable, "-m", "runinfra_webhooks", "replay", "--all-dead-lettered"],
-                                  env=env, stdout=out, stderr=subprocess.PIPE, text=True) as proc:
-                assert proc.stderr is not None
-                first = proc.stderr.readline()
-                proc.send_signal(signal.SIGKILL)
-                proc.wait(30)
+        first = _replay_killed(env, tmp_path / "first.stdout", 0)
         assert first.startswith("replayed ") and first.rstrip().endswith(f"/{N_REPLAYED}"), first
+        after_first = _check_replayed_once_or_parked(redis)
+        assert 0 < after_first < N_REPLAYED, "the kill did not land half-way"
 
-        states = _states(redis, N_REPLAYED)
-        replayed = [s for s in states if s == ("queued", 1, False)]
-        parked = [s for s in states if s == ("dead_lettered", 0, True)]
-        assert len(replayed) + len(parked) == N_REPLAYED, set(states) - {("queued", 1, False),
-                                                                         ("dead_lettered", 0, True)}
-        assert 0 < len(replayed) < N_REPLAYED, "the kill did not land half-way"
-        assert redis.zcard(keys.ARQ_QUEUE) == len(replayed)  # one job each, all of generation 1
-        jobs: list[bytes] = redis.zrange(keys.ARQ_QUEUE, 0, -1)  # type: ignore[assignment]
-        assert all(m.endswith(b"@1") for m in jobs)
+        _replay_killed(env, tmp_path / "second.stdout", 0.05)
+        after_second = _check_replayed_once_or_parked(redis)
+        assert after_first < after_second < N_REPLAYED, "the second kill did not land half-way"
 
+        parked = N_REPLAYED - after_second
         again = cli(env, "replay", "--all-dead-lettered", timeout=120)
         assert again.returncode == 0, again.stderr
-        assert len(again.stdout.splitlines()) == len(parked)
-        assert f"{len(parked)} replayed, 0 no longer dead-lettered" in again.stderr
-        assert f"replayed {len(parked)}/{len(parked)}" in again.stderr
-        assert len(again.stderr.splitlines()) <= len(parked) // 1000 + 3  # progress per page, not per event
+        assert len(again.stdout.splitlines()) == parked
+        assert f"{parked} replayed, 0 no longer dead-lettered" in again.stderr
+        assert f"replayed {parked}/{parked}" in again.stderr
+        assert len(again.stderr.splitlines()) <= parked // 1000 + 3  # progress per page, not per event
         assert set(_states(redis, N_REPLAYED)) == {("queued", 1, False)}
         assert redis.zcard(keys.ARQ_QUEUE) == N_REPLAYED
-        print(f"killed after {len(replayed)} of {N_REPLAYED} replayed; second run replayed {len(parked)}")
+        print(f"replayed when killed: {after_first}, then {after_second} of {N_REPLAYED}; last run {parked}")
     finally:
         redis.close()
