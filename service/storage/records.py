@@ -397,10 +397,6 @@ class Records:
         )
         return bool(result)
 
-    async def dead_letters(self) -> list[EventRecord]:
-        """All of them at once: for small sets (tests, the console's counts); commands page them instead."""
-        return [r async for page in self.dead_letter_pages() for r in page]
-
     async def dead_letter_snapshot(self) -> tuple[int, float | None]:
         """How many events are dead-lettered now, and the score (dead-lettering time) of the newest one: the
         upper bound that makes a paged pass see the set as it was when it started."""
