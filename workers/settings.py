@@ -31,7 +31,7 @@ from runinfra_webhooks.workers.deps import WorkerDeps
 from runinfra_webhooks.workers.jobs import process_event, process_part
 from runinfra_webhooks.workers.metrics import WorkerMetrics
 from runinfra_webhooks.workers.monitor import monitor_loop
-from runinfra_webhooks.workers.sweep import sweep_once
+from runinfra_webhooks.workers.sweep import SweepCursor, sweep_once
 
 __all__ = ["build_worker"]
 
@@ -103,10 +103,11 @@ class _Worker(Worker):
 
 
 async def _sweep_loop(deps: WorkerDeps) -> None:
+    cursor = SweepCursor()
     while True:
         await asyncio.sleep(deps.settings.sweep_interval)
         try:
-            await sweep_once(deps)
+            await sweep_once(deps, cursor)
         except STORAGE_ERRORS as exc:  # Redis away: try again next interval
             log.warning("sweep.failed", error=type(exc).__name__)
 

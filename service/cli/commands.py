@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -237,16 +238,30 @@ async def deployments(settings: StoreSettings, *, as_json: bool) -> int:
 
 
 async def dead_letter_list(settings: StoreSettings, *, as_json: bool) -> int:
+    # Paged and streamed: memory stays one page however many are parked. The JSON array is written piece by
+    # piece, byte for byte what one json.dumps of the whole list would print.
+    listed = 0
     async with _redis(settings) as redis:
-        parked = await _records(settings, redis).dead_letters()
+        if as_json:
+            sys.stdout.write("[")
+        async for page in _records(settings, redis).dead_letter_pages():
+            if as_json:
+                sys.stdout.write(("," if listed else "") + ",".join(
+                    json.dumps(r.as_json(), separators=(",", ":")) for r in page))
+            else:
+                sys.stdout.write("".join(f"{r.event_id}  {r.type}  {r.reason}  attempts={r.attempts}  "
+                                         f"{_utc(r.updated_ms)}  {r.last_error}\n" for r in page))
+            listed += len(page)
+            sys.stdout.flush()
     if as_json:
-        _json([r.as_json() for r in parked])
+        print("]", flush=True)
         return 0
-    for r in parked:
-        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(r.updated_ms / 1000))
-        print(f"{r.event_id}  {r.type}  {r.reason}  attempts={r.attempts}  {when}  {r.last_error}")
-    _err(f"{len(parked)} dead-lettered event(s)")
+    _err(f"{listed} dead-lettered event(s)")
     return 0
+
+
+def _utc(ms: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000))
 
 
 async def replay(settings: StoreSettings, event_id: str | None, *, all_dead: bool) -> int:
@@ -277,16 +292,28 @@ async def _replay(settings: StoreSettings, event_id: str | None, *, all_dead: bo
                 return 1
             _json({"event_id": event_id, "status": "queued", "generation": generation})
             return 0
-        parked = await records.dead_letters()
-        failed = 0
-        for i, r in enumerate(parked, 1):
-            try:
-                generation = await replay_one(r.event_id, r)
-                _json({"event_id": r.event_id, "status": "queued", "generation": generation})
-            except ReplayRefused:
-                failed += 1
-            _err(f"replayed {i}/{len(parked)}")
-        _err(f"{len(parked) - failed} replayed, {failed} no longer dead-lettered")
+        # In pages, each page's replays sent together (one round trip). Every replay is one atomic script
+        # that moves its event out of the dead-letter set, so a crash anywhere leaves each event replayed or
+        # still dead-lettered; the pages' score cursor (Records.dead_letter_pages) never yields one twice.
+        total, upper = await records.dead_letter_snapshot()
+        done = failed = 0
+        if upper is not None:
+            async for page in records.dead_letter_pages(upper=upper):
+                outcomes = await asyncio.gather(*(replay_one(r.event_id, r) for r in page), return_exceptions=True)
+                lines = []
+                for r, outcome in zip(page, outcomes, strict=True):
+                    if isinstance(outcome, ReplayRefused):
+                        failed += 1
+                    elif isinstance(outcome, BaseException):
+                        raise outcome
+                    else:
+                        lines.append(json.dumps({"event_id": r.event_id, "status": "queued", "generation": outcome},
+                                                separators=(",", ":")) + "\n")
+                sys.stdout.write("".join(lines))
+                sys.stdout.flush()
+                done += len(page)
+                _err(f"replayed {done}/{max(total, done)}")
+        _err(f"{done - failed} replayed, {failed} no longer dead-lettered")
         return 0
 
 

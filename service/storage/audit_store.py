@@ -144,8 +144,12 @@ def _next_id(stream_id: str) -> str:
 
 async def trim_audit(redis: Redis, *, older_than_ms: int, archive_dir: Path | None = None, limit: int = 10_000) -> int:
     """Remove entries received before ``older_than_ms``, archiving them first as JSON lines when asked."""
-    old = [e async for e in iter_audit(redis, end=str(max(older_than_ms - 1, 0)), batch=min(limit, 1000))]
-    old = old[:limit]
+    old: list[tuple[str, dict[bytes, bytes]]] = []
+    # At most ``limit`` read per run: a long-lapsed retention is worked off over several sweeps.
+    async for entry in iter_audit(redis, end=str(max(older_than_ms - 1, 0)), batch=min(limit, 1000)):
+        old.append(entry)
+        if len(old) >= limit:
+            break
     if not old:
         return 0
     first_seq, last_id, last = old[0][1][b"seq"].decode(), old[-1][0], old[-1][1]

@@ -8,6 +8,7 @@ the generation, so a stale job of an older generation can never overwrite a newe
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,11 +20,16 @@ from runinfra_webhooks.service.storage.coalesce import Coalescer
 from runinfra_webhooks.service.storage.event_index import INDEX_LUA
 
 __all__ = [
-    "ADD_REQUEST_ID_SCRIPT", "FINISH_SCRIPT", "HANDLER_DONE_SCRIPT", "START_SCRIPT", "EventRecord", "Records",
-    "ReplayRefused",
+    "ADD_REQUEST_ID_SCRIPT", "DEAD_LETTER_PAGE", "FINISH_SCRIPT", "HANDLER_DONE_SCRIPT", "START_SCRIPT", "EventRecord",
+    "Records", "ReplayRefused",
 ]
 
 IN_FLIGHT = ("queued", "processing", "retrying")
+DEAD_LETTER_PAGE = 1000
+# Every field of a record but its body: what listings and replays read. 'id' first: None means no record.
+_SUMMARY_FIELDS = ("id", "type", "created", "state", "generation", "attempts", "received_ms", "updated_ms",
+                   "request_id", "secret_index", "last_error", "reason", "gateway_request_ids", "handlers_done",
+                   "traceparent", "replay_traceparent")
 
 # Every script below checks its arguments and the stored fields it relies on, and computes what it will
 # write, before its first write: a script that fails (a corrupt field, a bad argument) has written nothing,
@@ -202,6 +208,41 @@ return 1
 """, indexes=True)
 
 
+# Read-only, for listings: many records' fields in one command. A pipeline of HMGETs costs the client a
+# packed command per record (most of a listing's time); here each record is one argument.
+# ARGV: event key prefix, field count, the fields, then the event ids.
+_SUMMARIES = """
+local nf = tonumber(ARGV[2])
+local fields = {}
+for i = 1, nf do fields[i] = ARGV[2 + i] end
+local out = {}
+for i = 3 + nf, #ARGV do out[#out + 1] = redis.call('HMGET', ARGV[1] .. ARGV[i], unpack(fields)) end
+return out
+"""
+
+# Read-only, for the sweep: per in-flight id, its generation ('' when the record is gone), whether its arq
+# job or its in-progress key exists (0/1), and whether the job is in arq's queue (0/1). The job id is
+# arq_job.job_id's format. ARGV: event key prefix, job prefix, in-progress prefix, queue key, event ids.
+_INFLIGHT_CHECKS = """
+local out = {}
+for i = 5, #ARGV do
+  local id = ARGV[i]
+  local r = redis.call('HMGET', ARGV[1] .. id, 'id', 'generation')
+  if not r[1] then
+    out[#out + 1] = ''
+    out[#out + 1] = 0
+    out[#out + 1] = 0
+  else
+    local job = id .. '@' .. (r[2] or '0')
+    out[#out + 1] = r[2] or '0'
+    out[#out + 1] = math.min(redis.call('EXISTS', ARGV[2] .. job, ARGV[3] .. job), 1)
+    out[#out + 1] = redis.call('ZSCORE', ARGV[4], job) and 1 or 0
+  end
+end
+return out
+"""
+
+
 # Public for sorting errors (service.redis_errors): a runtime error names its script by SHA-1 only.
 START_SCRIPT, FINISH_SCRIPT, ADD_REQUEST_ID_SCRIPT = _START, _FINISH, _ADD_REQUEST_ID
 HANDLER_DONE_SCRIPT = _HANDLER_DONE
@@ -276,6 +317,8 @@ class Records:
         self._replay = self.scripts.script(_REPLAY)
         self._handler_done = self.scripts.script(_HANDLER_DONE)
         self._requeue = self.scripts.script(_REQUEUE)
+        self._summaries_script = redis.register_script(_SUMMARIES)
+        self._inflight_script = redis.register_script(_INFLIGHT_CHECKS)
 
     async def get(self, event_id: str) -> EventRecord | None:
         raw = await self.redis.hgetall(keys.event(event_id))  # type: ignore[misc]
@@ -354,10 +397,61 @@ class Records:
         )
         return bool(result)
 
-    async def dead_letters(self) -> list[EventRecord]:
-        ids = await self.redis.zrange(keys.DEAD_LETTERS, 0, -1)
-        records = [await self.get(i.decode()) for i in ids]
-        return [r for r in records if r is not None]
+    async def dead_letter_snapshot(self) -> tuple[int, float | None]:
+        """How many events are dead-lettered now, and the score (dead-lettering time) of the newest one: the
+        upper bound that makes a paged pass see the set as it was when it started."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zcard(keys.DEAD_LETTERS)
+        pipe.zrange(keys.DEAD_LETTERS, -1, -1, withscores=True)
+        count, newest = await pipe.execute()
+        return int(count), (float(newest[0][1]) if newest else None)
+
+    async def dead_letter_pages(self, *, page: int = DEAD_LETTER_PAGE,
+                                upper: float | None = None) -> AsyncIterator[list[EventRecord]]:
+        """The dead letters oldest first, ``page`` at a time, each page's records read in one round trip.
+
+        The cursor is a score, exclusive, so it never depends on what the caller did with earlier pages: a
+        replay removes an event from the set, and one replayed and dead-lettered again during the pass comes
+        back with a newer score, past ``upper`` (default: the newest score when the pass starts), so no pass
+        yields an event twice. A page never splits the events of one score (one millisecond): the tail
+        with the page's last score is left to the next page, and a page that is one score throughout takes
+        every event of that score, so a burst dead-lettered within one millisecond is one (larger) page.
+        Records that vanished (expired) between the index and the read are left out, as they always were.
+        """
+        if upper is None:
+            _, upper = await self.dead_letter_snapshot()
+            if upper is None:
+                return
+        low = "-inf"
+        while True:
+            rows = await self.redis.zrangebyscore(keys.DEAD_LETTERS, low, upper, start=0, num=page,
+                                                  withscores=True)
+            if not rows:
+                return
+            if len(rows) == page:
+                last = rows[-1][1]
+                if rows[0][1] == last:
+                    rows = await self.redis.zrangebyscore(keys.DEAD_LETTERS, last, last, withscores=True)
+                else:
+                    rows = [r for r in rows if r[1] != last]
+            ids = [m.decode() for m, _ in rows]
+            yield await self._summaries(ids)
+            low = f"({float(rows[-1][1])!r}"
+
+    async def _summaries(self, ids: list[str]) -> list[EventRecord]:
+        """The records of ``ids`` without their bodies (a page of 1 MiB bodies would be 1 GB), one round trip."""
+        rows = await self._summaries_script(args=[keys.event(""), len(_SUMMARY_FIELDS), *_SUMMARY_FIELDS, *ids])
+        fields = [f.encode() for f in _SUMMARY_FIELDS]
+        return [EventRecord.from_hash({f: v for f, v in zip(fields, values, strict=True) if v is not None})
+                for values in rows if values[0] is not None]
+
+    async def inflight_checks(self, ids: list[str]) -> list[tuple[int | None, bool, bool]]:
+        """Per id, in one round trip: its generation (None: the record is gone), whether its arq job (or a
+        worker's in-progress mark) exists, and whether the job is in arq's queue."""
+        flat = await self._inflight_script(args=[keys.event(""), keys.ARQ_JOB, keys.ARQ_IN_PROGRESS, keys.ARQ_QUEUE,
+                                                 *ids])
+        return [(int(g) if g else None, bool(job), bool(queued))
+                for g, job, queued in zip(flat[::3], flat[1::3], flat[2::3], strict=True)]
 
     async def stale_inflight(self, older_than_ms: int) -> list[str]:
         ids = await self.redis.zrangebyscore(keys.INFLIGHT, "-inf", older_than_ms, start=0, num=1000)
