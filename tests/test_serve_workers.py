@@ -98,10 +98,11 @@ def served(redis_url: str, tmp_path: Path) -> Iterator[Served]:
         wait_until(lambda: _up(s.url) and len(s.workers()) == WORKERS, timeout=30, what="two receiver workers")
         yield s
     finally:
+        children = s.children()  # before the parent goes: then they are no longer its children
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        for pid in s.children():
+        for pid in children:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, 9)
 
@@ -159,3 +160,12 @@ def test_refuses_zero_workers(redis_url: str, tmp_path: Path) -> None:
                          capture_output=True, text=True, timeout=30, check=False)
     assert res.returncode == 2
     assert "--workers" in res.stderr
+
+
+def test_workers_stop_when_their_supervisor_is_killed(served: Served) -> None:
+    """SIGKILL to the parent (no chance to stop its workers): each worker notices it was orphaned and stops
+    itself within seconds, instead of serving on a port nobody manages."""
+    workers = served.workers()
+    served.proc.kill()
+    served.proc.wait()
+    wait_until(lambda: not any(_alive(pid) for pid in workers), timeout=15, what="orphaned workers to stop")

@@ -11,6 +11,9 @@ kept-alive connection stays with the worker that accepted it.
 from __future__ import annotations
 
 import os
+import signal
+import threading
+import time
 
 import structlog
 import uvicorn
@@ -60,7 +63,21 @@ class WorkerConfig(uvicorn.Config):
             structlog.get_logger("service.tracing").info("tracing.enabled", **info)
         self.app, self.http = receiver_for_process(settings, registry, tracing)
         super().load()
+        _stop_with_supervisor()
         settle_after_startup()
+
+
+def _stop_with_supervisor(interval: float = 1.0) -> None:
+    """A worker whose supervisor died (SIGKILL, OOM) stops itself gracefully instead of serving on,
+    orphaned, on a port nobody manages: its parent pid changes when it is re-parented."""
+    supervisor = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == supervisor:
+            time.sleep(interval)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="supervisor-watch", daemon=True).start()
 
 
 def serve_processes(host: str, port: int, workers: int) -> int:
