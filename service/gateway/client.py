@@ -140,7 +140,7 @@ OnCall = Callable[[str, GatewayResponse | GatewayError], None]
 
 # httpx's connection pool re-examines every one of its connections on each request and each response (and
 # polls each idle socket), so its cost per call grows with the pool's size: at 50 connections that pass was
-# 40 % of a gateway-bound worker's CPU. Several small pools, each call on the least busy, keep it flat.
+# 40 % of a gateway-bound worker's CPU. Several small pools, each call on the one with the most room, keep it flat.
 _CONNECTIONS_PER_POOL = 4
 
 

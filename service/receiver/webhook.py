@@ -46,8 +46,7 @@ from runinfra_webhooks.service.storage.redis_errors import classify
 
 __all__ = ["PATH", "Receiver", "WebhookRoute"]
 
-_LOGGER = "service.receiver"
-log = structlog.get_logger(_LOGGER)
+log = structlog.get_logger("service.receiver")
 PATH = "/webhooks/runinfra"
 _HEADER = b"runinfra-signature"
 _STATUS = {
