@@ -48,6 +48,8 @@ class WorkerConfig(uvicorn.Config):
     """uvicorn's settings for the receiver's worker processes. The parent passes this object to each worker
     (uvicorn's process manager sends it to the new interpreter); ``load`` runs there, in the worker."""
 
+    supervisor_pid = 0  # set by the parent before it starts the workers
+
     def load(self) -> None:
         if self.loaded:
             return
@@ -63,14 +65,14 @@ class WorkerConfig(uvicorn.Config):
             structlog.get_logger("service.tracing").info("tracing.enabled", **info)
         self.app, self.http = receiver_for_process(settings, registry, tracing)
         super().load()
-        _stop_with_supervisor()
+        _stop_with_supervisor(self.supervisor_pid)
         settle_after_startup()
 
 
-def _stop_with_supervisor(interval: float = 1.0) -> None:
+def _stop_with_supervisor(supervisor: int, interval: float = 1.0) -> None:
     """A worker whose supervisor died (SIGKILL, OOM) stops itself gracefully instead of serving on,
-    orphaned, on a port nobody manages: its parent pid changes when it is re-parented."""
-    supervisor = os.getppid()
+    orphaned, on a port nobody manages: its parent pid is no longer the supervisor's once it is re-parented
+    (also when that happened before this worker got here)."""
 
     def watch() -> None:
         while os.getppid() == supervisor:
@@ -85,6 +87,7 @@ def serve_processes(host: str, port: int, workers: int) -> int:
     config = WorkerConfig(app="runinfra_webhooks.service.receiver.app:create_app", host=host, port=port,
                           workers=workers, access_log=False, log_config=None,
                           timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
+    config.supervisor_pid = os.getpid()
     sock = config.bind_socket()
     try:
         Multiprocess(config, sockets=[sock]).run()
