@@ -113,7 +113,7 @@ class Filler:
 # Linux starts a forked child's peak RSS at its parent's (and keeps it across exec), so a command forked by
 # this process could not report less than this process's peak. A fresh, small interpreter forks it instead,
 # as `/usr/bin/time -v` would, and reports its rusage on the last line of stderr.
-_MEASURE = """
+MEASURE = """
 import os, sys
 pid = os.fork()
 if pid == 0:
@@ -126,7 +126,7 @@ print(f"{usage.ru_maxrss} {usage.ru_utime + usage.ru_stime} {os.waitstatus_to_ex
 def run_cli(python: str, env: dict[str, str], *args: str) -> tuple[float, float, int, str]:
     """One console-script process on the server core: (wall seconds, CPU seconds, peak RSS KiB, stderr)."""
     started = time.perf_counter()
-    out = subprocess.run([TASKSET, "-c", SERVER_CORE, python, "-c", _MEASURE, *args], env=env,
+    out = subprocess.run([TASKSET, "-c", SERVER_CORE, python, "-c", MEASURE, *args], env=env,
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False)
     seconds = time.perf_counter() - started
     stderr, _, measured = out.stderr.rstrip("\n").rpartition("\n")

@@ -34,11 +34,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.run import (
-    LOAD_CORE,
     PY,
     ROOT,
     TASKSET,
-    WRK,
     RedisProc,
     free_port,
     loadavg,
@@ -50,6 +48,7 @@ from bench.run import (
     stop,
     wait_port,
     write_requests,
+    wrk_command,
 )
 from runinfra_webhooks.service.storage import keys
 
@@ -97,8 +96,7 @@ def start_serve(workers: int, cores: str, port: int, redis_url: str, log_path: P
 
 def wrk(url: str, requests_file: Path, connections: int, duration: float) -> tuple[dict[str, Any], float]:
     """One closed-loop wrk run on the load core: its result and its own CPU seconds."""
-    cmd = [TASKSET, "-c", LOAD_CORE, WRK, "-t1", f"-c{connections}", f"-d{duration:g}s", "--timeout", "10s",
-           "-s", str(ROOT / "bench" / "wrk.lua"), url + "/webhooks/runinfra", "--", str(requests_file)]
+    cmd = wrk_command(url, requests_file, connections=connections, duration=duration)
     with open(requests_file.with_suffix(".out"), "w+") as out, open(requests_file.with_suffix(".err"), "w+") as err:
         p = subprocess.Popen(cmd, stdout=out, stderr=err)
         _, status, ru = os.wait4(p.pid, 0)

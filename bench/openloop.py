@@ -235,8 +235,11 @@ class Generator:
         self.t.done[i] = time.monotonic_ns()
         self.t.status[i] = status
         self._settle()
-        if closing:
-            return
+        if not closing:
+            self._free(conn)
+
+    def _free(self, conn: Conn) -> None:
+        """A connection ready for a request: the oldest one waiting for a connection, else it idles."""
         if self.queue:
             j = self.queue.popleft()
             self.t.from_queue[j] = 1
@@ -263,12 +266,7 @@ class Generator:
         except OSError:
             self.connect_errors += 1
             return
-        if self.queue:
-            j = self.queue.popleft()
-            self.t.from_queue[j] = 1
-            conn.send(j, time.monotonic_ns())
-        else:
-            self.idle.append(conn)
+        self._free(conn)
 
     def _settle(self) -> None:
         self.pending -= 1

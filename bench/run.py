@@ -254,12 +254,21 @@ def start_server(kind: str, port: int, redis_url: str, out: Path, env_extra: dic
     return proc
 
 
-def run_wrk(url: str, requests_file: Path, *, connections: int, duration: float, limit: int = 0,
-            done_file: Path | None = None, raw_out: Path | None = None) -> dict[str, Any]:
+def wrk_command(url: str, requests_file: Path, *, connections: int, duration: float, limit: int = 0,
+                done_file: Path | None = None) -> list[str]:
+    """wrk on the load core, one thread, sending the signed deliveries of ``requests_file`` (``bench/wrk.lua``);
+    with ``limit``, it stops after that many answers and touches ``done_file``."""
     cmd = [TASKSET, "-c", LOAD_CORE, WRK, "-t1", f"-c{connections}", f"-d{duration:g}s", "--timeout", "10s",
            "-s", str(ROOT / "bench" / "wrk.lua"), url + "/webhooks/runinfra", "--", str(requests_file)]
     if limit:
         cmd += [str(limit), str(done_file)]
+    return cmd
+
+
+def run_wrk(url: str, requests_file: Path, *, connections: int, duration: float, limit: int = 0,
+            done_file: Path | None = None, raw_out: Path | None = None) -> dict[str, Any]:
+    cmd = wrk_command(url, requests_file, connections=connections, duration=duration, limit=limit,
+                      done_file=done_file)
     res = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=duration + 60)
     if raw_out is not None:
         raw_out.write_text(res.stdout + res.stderr)
@@ -480,9 +489,8 @@ def bench_rss(rd: RedisProc, out: Path, args: argparse.Namespace) -> dict[str, A
     rss_at: dict[int, dict[str, int]] = {}
     samples: list[tuple[int, int]] = []
     try:
-        cmd = [TASKSET, "-c", LOAD_CORE, WRK, "-t1", f"-c{args.connections}", "-d3600s", "--timeout", "10s",
-               "-s", str(ROOT / "bench" / "wrk.lua"), f"http://127.0.0.1:{port}/webhooks/runinfra", "--",
-               str(req_file), str(total), str(done_file)]
+        cmd = wrk_command(f"http://127.0.0.1:{port}", req_file, connections=args.connections, duration=3600,
+                          limit=total, done_file=done_file)
         wrk = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         c = rd.client()
         deadline = time.monotonic() + 900

@@ -30,12 +30,10 @@ from redis.asyncio import Redis
 
 from bench.run import (
     ALL_TYPES,
-    LOAD_CORE,
     ROOT,
     SECRET,
     SERVER_CORE,
     TASKSET,
-    WRK,
     RedisProc,
     free_port,
     log,
@@ -47,6 +45,7 @@ from bench.run import (
     start_server,
     stop,
     write_requests,
+    wrk_command,
 )
 from runinfra_webhooks.handlers.registry import Registry
 from runinfra_webhooks.service.settings import WorkerSettings, load_settings
@@ -286,9 +285,8 @@ def bench_rss(rd: RedisProc, out: Path, total: int, connections: int) -> list[Ro
     t0 = time.monotonic()
     wrk: subprocess.Popen[str] | None = None
     try:
-        cmd = [TASKSET, "-c", LOAD_CORE, WRK, "-t1", f"-c{connections}", "-d7200s", "--timeout", "10s",
-               "-s", str(ROOT / "bench" / "wrk.lua"), f"http://127.0.0.1:{port}/webhooks/runinfra", "--",
-               str(req_file), str(total), str(done_file)]
+        cmd = wrk_command(f"http://127.0.0.1:{port}", req_file, connections=connections, duration=7200,
+                          limit=total, done_file=done_file)
         wrk = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         c = rd.client()
         pending = list(marks)

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
+from bench.audit_scale import MEASURE
 from runinfra_webhooks.service.console.operations import verify_audit
 from runinfra_webhooks.service.core.audit import GENESIS, ChainVerifier, chain_hash, entry_as_json, verify_entries
 from runinfra_webhooks.service.core.audit_file import AuditFileError, ExportReader, ExportTrailer
@@ -127,26 +128,16 @@ def test_export_reader_refuses_an_entry_after_the_trailer() -> None:
 
 
 # --- the commands on a real log ---------------------------------------------------------------------
-# Linux starts a forked child's peak RSS at its parent's (and keeps it across exec): a child of pytest would
-# never report less than pytest's own. A fresh interpreter in between, small, forks the command instead.
-_MEASURE = """
-import os, sys
-pid = os.fork()
-if pid == 0:
-    os.execv(sys.executable, [sys.executable, "-m", "runinfra_webhooks", *sys.argv[1:]])
-_, status, usage = os.wait4(pid, 0)
-print(f"peak_rss_kib={usage.ru_maxrss} exit={os.waitstatus_to_exitcode(status)}", file=sys.stderr)
-"""
-
-
+# Peak RSS through bench.audit_scale's measuring interpreter: a child of pytest would never report less
+# than pytest's own peak (Linux keeps it across exec).
 def _peak_rss_kib(env: dict[str, str], *args: str) -> tuple[int, str]:
     """(peak RSS KiB, stderr) of one console-script run, which must succeed."""
-    out = subprocess.run([sys.executable, "-c", _MEASURE, *args], env=env, capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-c", MEASURE, *args], env=env, capture_output=True, text=True,
                          timeout=120, check=False)
     stderr, _, measured = out.stderr.rstrip("\n").rpartition("\n")
-    peak, exit_code = (int(part.split("=")[1]) for part in measured.split())
-    assert exit_code == 0, out.stderr
-    return peak, stderr
+    peak, _cpu_seconds, exit_code = measured.split()
+    assert exit_code == "0", out.stderr
+    return int(peak), stderr
 
 
 def test_verify_and_export_memory_stays_flat_from_2k_to_20k_entries(

@@ -70,40 +70,35 @@ def test_dead_letter_list_of_none_is_an_empty_json_array(redis_url: str, tmp_pat
     assert json.loads(listed.stdout) == []
 
 
-async def test_pages_yield_each_event_once_even_if_replayed_and_dead_lettered_again(redis_url: str) -> None:
+def _records(redis: Redis) -> Records:
+    return Records(redis, event_retention=RETENTION_S, dead_letter_retention=RETENTION_S, job_expiry_s=RETENTION_S)
+
+
+async def test_pages_yield_each_event_once_even_if_replayed_and_dead_lettered_again(
+    redis_url: str, redis: Redis
+) -> None:
     """A pass replays page by page; an event it replayed and that fails again meanwhile is not met again."""
     await fill_dead_letters(redis_url, 25, per_ms=1)
-    redis = Redis.from_url(redis_url)
-    records = Records(redis, event_retention=RETENTION_S, dead_letter_retention=RETENTION_S,
-                      job_expiry_s=RETENTION_S)
-    try:
-        seen: list[str] = []
-        async for page in records.dead_letter_pages(page=10):
-            for r in page:
-                await records.replay(r.event_id, time.time_ns() // 1_000_000)
-            if not seen:  # after the first page, a worker fails the first replayed one again, now
-                now = time.time_ns() // 1_000_000
-                assert not isinstance(await records.start(page[0].event_id, 1, now), int)
-                assert await records.dead_lettered(page[0].event_id, 1, now, "gateway_bad_request", "400 again")
-            seen += [r.event_id for r in page]
-        # Paging by position from the front, or up to the set's end as it grows, would meet it again.
-        assert seen == [dead_id(i) for i in range(25)]
-        assert await redis.zrange(keys.DEAD_LETTERS, 0, -1) == [dead_id(0).encode()]
-    finally:
-        await redis.aclose()
+    records = _records(redis)
+    seen: list[str] = []
+    async for page in records.dead_letter_pages(page=10):
+        for r in page:
+            await records.replay(r.event_id, time.time_ns() // 1_000_000)
+        if not seen:  # after the first page, a worker fails the first replayed one again, now
+            now = time.time_ns() // 1_000_000
+            assert not isinstance(await records.start(page[0].event_id, 1, now), int)
+            assert await records.dead_lettered(page[0].event_id, 1, now, "gateway_bad_request", "400 again")
+        seen += [r.event_id for r in page]
+    # Paging by position from the front, or up to the set's end as it grows, would meet it again.
+    assert seen == [dead_id(i) for i in range(25)]
+    assert await redis.zrange(keys.DEAD_LETTERS, 0, -1) == [dead_id(0).encode()]
 
 
-async def test_pages_never_split_one_millisecond(redis_url: str) -> None:
+async def test_pages_never_split_one_millisecond(redis_url: str, redis: Redis) -> None:
     """Twelve events dead-lettered in one millisecond, pages of 5: every event once, in order."""
     await fill_dead_letters(redis_url, 12, per_ms=12)
-    redis = Redis.from_url(redis_url)
-    records = Records(redis, event_retention=RETENTION_S, dead_letter_retention=RETENTION_S,
-                      job_expiry_s=RETENTION_S)
-    try:
-        pages = [[r.event_id for r in page] async for page in records.dead_letter_pages(page=5)]
-        assert pages == [[dead_id(i) for i in range(12)]]
-    finally:
-        await redis.aclose()
+    pages = [[r.event_id for r in page] async for page in _records(redis).dead_letter_pages(page=5)]
+    assert pages == [[dead_id(i) for i in range(12)]]
 
 
 def _states(redis: SyncRedis, n: int) -> list[tuple[str, int, bool]]:
