@@ -316,6 +316,21 @@ def test_speech_returns_valid_wav(stub: StubServer, voice: dict[str, str]) -> No
         assert audio.getnframes() > 0
 
 
+
+def test_speech_is_the_same_tone_for_the_same_request_and_differs_by_text_and_voice(stub: StubServer) -> None:
+    """The tone's pitch follows model, voice and text, its length the text: repeats give the same bytes."""
+    def speak(text: str, voice: str) -> bytes:
+        response = post(stub, "/audio/speech", {"model": "stub-tts", "input": text, "voice": voice})
+        assert response.status_code == 200
+        return response.content
+
+    first = speak("Thanks for calling", "alloy")
+    assert speak("Thanks for calling", "alloy") == first
+    assert speak("Thanks for calling", "verse") != first
+    longer = speak("Thanks for calling, we will get back to you", "alloy")
+    with wave.open(io.BytesIO(first)) as short_audio, wave.open(io.BytesIO(longer)) as long_audio:
+        assert long_audio.getnframes() > short_audio.getnframes()
+
 @pytest.mark.parametrize(
     "extra",
     [
