@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypedDict, cast
 
+import httpx
 import redis as sync_redis
 from arq.connections import RedisSettings, create_pool
 from redis.asyncio import Redis
@@ -689,6 +690,28 @@ def gateway_stub(out: Path, latency: float) -> Iterator[tuple[str, int]]:
         errf.close()
 
 
+def gateway_drain(rd: RedisProc, out: Path, tag: str, n: int, workers: int, base_url: str,
+                  artifacts_root: Path | None, extra_env: dict[str, str] | None = None) -> dict[str, Any]:
+    """n ``transcription.completed`` events drained against the emulator; also how long the emulator itself
+    took per call (arrival to answer, from its call log), so its own queueing is not taken for the worker's."""
+    artifacts = (artifacts_root or out) / f"artifacts-{tag}"
+    # The emulator's tone lasts 0.1 s + 10 ms per character of the reply (1 s for the default template): a
+    # short fixed reply keeps the audio file, and so the disk's share of the run, small.
+    env = {"RUNINFRA_BASE_URL": base_url, "RUNINFRA_API_KEY": "sk-stub", "RUNINFRA_TTS_MODEL": "tts-bench",
+           "RUNINFRA_TTS_VOICE": "alloy", "RUNINFRA_FOLLOWUP_TEMPLATE": "Thanks!",
+           "RUNINFRA_ARTIFACTS_DIR": str(artifacts), **(extra_env or {})}
+    control = base_url.removesuffix("/v1") + "/_stub"
+    auth = {"Authorization": "Bearer sk-stub"}
+    httpx.post(f"{control}/reset", headers=auth).raise_for_status()
+    try:
+        res = drain_real(rd, out, tag, n, workers, ("transcription.completed",), env)
+    finally:
+        shutil.rmtree(artifacts, ignore_errors=True)
+    calls = httpx.get(f"{control}/calls", headers=auth).json()
+    res["emulator_answer_ms"] = median([(c["answered"] - c["arrived"]) * 1000 for c in calls if c["answered"]])
+    return res
+
+
 def bench_drain(rd: RedisProc, out: Path, args: argparse.Namespace) -> dict[str, Any]:
     n, ng = args.drain_n, args.gateway_n
     real: list[dict[str, Any]] = []
@@ -722,17 +745,9 @@ def bench_drain(rd: RedisProc, out: Path, args: argparse.Namespace) -> dict[str,
         for r in range(args.gateway_repeats):
             for workers in (1, 2) if r % 2 == 0 else (2, 1):
                 tag = f"drain-gw{workers}-{r}"
-                artifacts = out / f"artifacts-{tag}"
-                # The emulator synthesises a real WAV in pure Python, 0.1 s + 10 ms per character of the reply
-                # (~10 ms of CPU for the default template's ~1 s of audio): with the default template the
-                # emulator, not the worker, would be what is measured. A short fixed reply keeps it ~1-2 ms.
-                env = {"RUNINFRA_BASE_URL": base_url, "RUNINFRA_API_KEY": "sk-stub",
-                       "RUNINFRA_TTS_MODEL": "tts-bench", "RUNINFRA_TTS_VOICE": "alloy",
-                       "RUNINFRA_FOLLOWUP_TEMPLATE": "Thanks!", "RUNINFRA_ARTIFACTS_DIR": str(artifacts)}
                 stub_cpu0 = proc_cpu_s(stub_pid)
-                res = drain_real(rd, out, tag, ng, workers, ("transcription.completed",), env)
+                res = gateway_drain(rd, out, tag, ng, workers, base_url, args.artifacts_dir)
                 res["stub_cpu_ms_per_call"] = (proc_cpu_s(stub_pid) - stub_cpu0) / ng * 1000
-                shutil.rmtree(artifacts, ignore_errors=True)
                 (gw if workers == 1 else gw2).append(res)
                 log(fmt_drain(f"drain gateway x{workers} #{r}", res))
 
@@ -760,6 +775,7 @@ def bench_drain(rd: RedisProc, out: Path, args: argparse.Namespace) -> dict[str,
         "gateway2_rate": rate(gw2) if gw2 else None,
         "gateway_worker_cpu_ms_per_job": median([x["cpu_s"] / x["complete"] * 1000 for x in gw]),
         "gateway_stub_cpu_ms_per_call": median([x["stub_cpu_ms_per_call"] for x in gw]),
+        "gateway_emulator_answer_ms": median([x["emulator_answer_ms"] for x in gw]),
         "gateway2_ratio": rate(gw2) / (2 * ceiling) if gw2 else None,
         "bytes_per_event_queued": median([x["bytes_per_event_queued"] for x in real]),
         "bytes_per_event_processed": median([x["bytes_per_event_processed"] for x in real]),
@@ -786,13 +802,8 @@ def bench_limits(rd: RedisProc, out: Path, args: argparse.Namespace) -> dict[str
         for r in range(args.limits_repeats):
             for kind in ("off", "on") if r % 2 == 0 else ("on", "off"):
                 tag = f"limits-{kind}-{r}"
-                artifacts = out / f"artifacts-{tag}"
-                env = {"RUNINFRA_BASE_URL": base_url, "RUNINFRA_API_KEY": "sk-stub",
-                       "RUNINFRA_TTS_MODEL": "tts-bench", "RUNINFRA_TTS_VOICE": "alloy",
-                       "RUNINFRA_FOLLOWUP_TEMPLATE": "Thanks!", "RUNINFRA_ARTIFACTS_DIR": str(artifacts),
-                       **(LIMITS_ABOVE_LOAD if kind == "on" else {})}
-                res = drain_real(rd, out, tag, ng, 1, ("transcription.completed",), env)
-                shutil.rmtree(artifacts, ignore_errors=True)
+                res = gateway_drain(rd, out, tag, ng, 1, base_url, args.artifacts_dir,
+                                    LIMITS_ABOVE_LOAD if kind == "on" else None)
                 runs[kind].append(res)
                 log(fmt_drain(f"limits {kind} #{r}", res))
     ceiling = concurrency / args.latency
@@ -803,6 +814,7 @@ def bench_limits(rd: RedisProc, out: Path, args: argparse.Namespace) -> dict[str
     return {
         "gateway_n": ng, "ceiling": ceiling, "limits": LIMITS_ABOVE_LOAD,
         "off_rate": med("off", lambda x: x["rate"]), "on_rate": med("on", lambda x: x["rate"]),
+        "emulator_answer_ms": median([x["emulator_answer_ms"] for x in runs["on"] + runs["off"]]),
         "ratio_on_off": median([a["rate"] / b["rate"] for a, b in zip(runs["on"], runs["off"], strict=True)]),
         "on_ratio_to_ceiling": med("on", lambda x: x["rate"]) / ceiling,
         "off_cpu_ms_per_job": med("off", lambda x: x["cpu_s"] / x["complete"] * 1000),
@@ -828,6 +840,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=None, help="interleaved ingest repeats (5; quick 2)")
     p.add_argument("--aof", action="store_true", help="run Redis with appendonly yes, appendfsync everysec")
     p.add_argument("--latency", type=float, default=0.2, help="gateway emulator latency, seconds")
+    p.add_argument("--artifacts-dir", type=Path, default=None, metavar="DIR",
+                   help="where gateway-bound drains write their audio files (default: the results directory; "
+                        "a tmpfs such as /dev/shm takes the disk's fsyncs out of the figure)")
     p.add_argument("--base-rev", default=None, metavar="REV",
                    help="tracing part: also run the receiver as of this git revision (the before of an A/B)")
     a = p.parse_args(argv)
@@ -965,7 +980,8 @@ def print_summary(s: dict[str, Any]) -> None:
         print(f"   gateway-bound {d['gateway_rate']:.0f}/s vs {d['concurrency']}/{d['latency_s']} = "
               f"{d['gateway_ceiling']:.0f}/s: ratio {d['gateway_ratio']:.2f} (target >= 0.8); effective concurrency "
               f"{d['gateway_effective_concurrency']:.1f}; worker CPU {d['gateway_worker_cpu_ms_per_job']:.1f} ms/job, "
-              f"emulator CPU {d['gateway_stub_cpu_ms_per_call']:.1f} ms/call")
+              f"emulator CPU {d['gateway_stub_cpu_ms_per_call']:.1f} ms/call, answering in "
+              f"{d['gateway_emulator_answer_ms']:.1f} ms")
         print(f"   2 workers vs 1: deployment {d['scale_real_2_over_1']:.2f}x, no-op {d['scale_noop_2_over_1']:.2f}x, "
               f"gateway {(d['gateway2_rate'] or 0) / max(d['gateway_rate'], 1e-9):.2f}x")
         print(f"   Redis bytes per event: queued {d['bytes_per_event_queued']:.0f}, after processing "
@@ -982,7 +998,8 @@ def print_summary(s: dict[str, Any]) -> None:
               f"{li['ceiling']:.0f}/s (target >= 0.8); worker CPU {li['on_cpu_ms_per_job']:.2f} vs "
               f"{li['off_cpu_ms_per_job']:.2f} ms/job; Redis commands {li['on_redis_calls_per_event']:.1f} vs "
               f"{li['off_redis_calls_per_event']:.1f}, Redis CPU {li['on_redis_cpu_us_per_event']:.0f} vs "
-              f"{li['off_redis_cpu_us_per_event']:.0f} us per event")
+              f"{li['off_redis_cpu_us_per_event']:.0f} us per event; emulator answering in "
+              f"{li['emulator_answer_ms']:.1f} ms")
 
 
 if __name__ == "__main__":
