@@ -7,15 +7,18 @@
 
 Both read the settings from the environment like the CLI, configure logging like the CLI, and print one
 JSON line: wall-clock start and end of the worker's main loop (from connecting to Redis to the burst
-exit), and arq's job counters. CPU time is read by the parent from the process's rusage.
+exit), and arq's job counters. CPU time is read by the parent from the process's rusage. With
+``BENCH_TIMELINE=path`` set, ``real`` also writes each job's step times there (``bench.probes``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import uvloop
@@ -43,6 +46,10 @@ def main() -> None:
     settings = load_settings()
     configure_logging(settings.log_level)
     if mode == "real":
+        if timeline := os.environ.get("BENCH_TIMELINE"):
+            from bench.probes import install
+
+            install(Path(timeline))
         worker = build_worker(settings, burst=True, after_startup=settle_after_startup)  # as `worker` does
     elif mode == "noop":
         worker = Worker(
