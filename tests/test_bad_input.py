@@ -26,6 +26,7 @@ from runinfra_webhooks.service.storage import keys
 from tests.builders import WEBHOOK_PATH, example_event, post_delivery, signed_delivery
 from tests.conftest import make_settings
 from tests.processes import Proc, stack_env, started_receiver
+from tests.raw_http import host_port, read_response
 from tests.redis_server import Db, RedisServer
 from tests.servers import serve_in_thread
 
@@ -212,14 +213,14 @@ def test_an_escaped_nul_in_a_data_string_is_kept_byte_exact(live: str, db: Db) -
 
 def test_nul_and_non_utf8_in_the_signature_header(live: str) -> None:
     """Header bytes HTTP forbids are refused by the HTTP layer (400); odd but legal ones are a 401."""
-    host, port = _host_port(live)
+    host, port = host_port(live)
     body = envelope_bytes()
     for header, expected in [(b"t=1,v1=\x00ab", b"400"), (b"t=1\x00", b"400"), (b"t=1,v1=\xff\xfe", b"401"),
                              (b"t=\xd9\xa1,v1=ab", b"401"), (b"\x7f", b"400"), (b"t=1,v1=" + b"a" * 9000, b"401")]:
         with socket.create_connection((host, port), timeout=10) as s:
             s.sendall(b"POST %s HTTP/1.1\r\nHost: x\r\nrunInfra-Signature: %s\r\n"
                       b"Content-Length: %d\r\n\r\n%s" % (WEBHOOK_PATH.encode(), header, len(body), body))
-            answer = _read_response(s)
+            answer = read_response(s)
         assert answer.split(b" ", 2)[1] == expected, answer[:300]
         if expected == b"401":
             problem = json.loads(answer.split(b"\r\n\r\n", 1)[1])
@@ -230,11 +231,11 @@ def test_nul_and_non_utf8_in_the_signature_header(live: str) -> None:
 # --- oversized bodies -------------------------------------------------------------------------------
 def test_a_declared_100_mb_body_is_refused_before_it_is_sent(live: str) -> None:
     """Content-Length over the limit: 413 at once; the client never has to send a byte of the body."""
-    host, port = _host_port(live)
+    host, port = host_port(live)
     with socket.create_connection((host, port), timeout=10) as s:
         s.sendall(b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                   b"Content-Length: %d\r\n\r\n" % (WEBHOOK_PATH.encode(), 100 * 2**20))
-        answer = _read_response(s)
+        answer = read_response(s)
     assert answer.startswith(b"HTTP/1.1 413 "), answer[:300]
     assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["code"] == "body_too_large"
     assert_healthy(live)
@@ -256,7 +257,7 @@ def test_a_100_mb_chunked_body_is_refused_without_being_read(receiver_proc: tupl
     and it must go on serving.
     """
     url, proc = receiver_proc
-    host, port = _host_port(url)
+    host, port = host_port(url)
     hwm_before = _peak_rss_kib(proc.p.pid)
     chunk = b"%x\r\n%s\r\n" % (64 * 1024, b"[" * (64 * 1024))
     total = 100 * 2**20
@@ -275,7 +276,7 @@ def test_a_100_mb_chunked_body_is_refused_without_being_read(receiver_proc: tupl
                 s.sendall(chunk)
                 sent += 64 * 1024
             s.sendall(b"0\r\n\r\n")
-        answer = _read_response(s)
+        answer = read_response(s)
         assert answered or answer, "no answer at all"
     assert answer.startswith(b"HTTP/1.1 413 "), answer[:300]
     assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["code"] == "body_too_large"
@@ -318,7 +319,7 @@ def test_a_one_byte_a_second_client_gets_408_while_others_are_served(live: str, 
 
     Meanwhile other deliveries are answered promptly: the slow client holds no slot anyone waits for.
     """
-    host, port = _host_port(live)
+    host, port = host_port(live)
     body = envelope_bytes()
     signature = signed_delivery(body=body)[1]["runinfra-signature"]
     framing = b"Transfer-Encoding: chunked" if chunked else b"Content-Length: %d" % len(body)
@@ -335,7 +336,7 @@ def test_a_one_byte_a_second_client_gets_408_while_others_are_served(live: str, 
                         break  # the server answered; wait a second between bytes otherwise
                     byte = body[i:i + 1]
                     s.sendall(b"1\r\n%s\r\n" % byte if chunked else byte)
-            result["answer"] = _read_response(s)
+            result["answer"] = read_response(s)
             result["elapsed"] = time.monotonic() - started
 
     thread = threading.Thread(target=slow_client)
@@ -359,7 +360,7 @@ def test_a_one_byte_a_second_client_gets_408_while_others_are_served(live: str, 
 
 def test_many_slow_clients_at_once_do_not_starve_the_receiver(live: str) -> None:
     """50 stalled bodies at once (a slowloris): a real delivery is still answered within a second."""
-    host, port = _host_port(live)
+    host, port = host_port(live)
     stalled = []
     try:
         for _ in range(50):
@@ -368,7 +369,7 @@ def test_many_slow_clients_at_once_do_not_starve_the_receiver(live: str) -> None
             stalled.append(s)
         time.sleep(0.2)
         assert_healthy(live)
-        answers = [_read_response(s) for s in stalled]
+        answers = [read_response(s) for s in stalled]
     finally:
         for s in stalled:
             s.close()
@@ -378,7 +379,7 @@ def test_many_slow_clients_at_once_do_not_starve_the_receiver(live: str) -> None
 
 def test_a_client_that_disconnects_mid_body_leaves_no_error_behind(live: str) -> None:
     """Hanging up half-way is the client's business: no unhandled-error log, no 5xx counted, still healthy."""
-    host, port = _host_port(live)
+    host, port = host_port(live)
     with structlog.testing.capture_logs() as logs:
         for _ in range(3):
             with socket.create_connection((host, port), timeout=10) as s:
@@ -388,32 +389,3 @@ def test_a_client_that_disconnects_mid_body_leaves_no_error_behind(live: str) ->
     assert not [e for e in logs if e["log_level"] in {"error", "critical"}], logs
     assert [e["event"] for e in logs].count("webhook.client_disconnected") == 3
     assert_healthy(live)
-
-
-# --- helpers ----------------------------------------------------------------------------------------
-def _host_port(url: str) -> tuple[str, int]:
-    host, port = url.removeprefix("http://").split(":")
-    return host, int(port)
-
-
-def _read_response(s: socket.socket, timeout: float = 15) -> bytes:
-    """One HTTP/1.1 response with a Content-Length body (what the receiver always sends)."""
-    s.settimeout(timeout)
-    data = b""
-    with contextlib.suppress(ConnectionResetError):
-        while b"\r\n\r\n" not in data:
-            part = s.recv(65536)
-            if not part:
-                return data
-            data += part
-        head, _, rest = data.partition(b"\r\n\r\n")
-        length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
-                       if line.lower().startswith(b"content-length:")), 0)
-        while len(rest) < length:
-            part = s.recv(65536)
-            if not part:
-                break
-            rest += part
-        return head + b"\r\n\r\n" + rest
-    return data
-

@@ -23,6 +23,7 @@ import pytest
 
 from tests.builders import signed_delivery
 from tests.processes import Proc, stack_env, started_receiver
+from tests.raw_http import host_port, read_response
 
 PATH = "/webhooks/runinfra"
 HEADER_TIMEOUT = 2.0
@@ -41,11 +42,6 @@ with httpx.Client(base_url=sys.argv[1], timeout=5) as client:
 print(json.dumps(latencies))
 """
 SLOW_CONNECTIONS = 2000
-
-
-def _host_port(url: str) -> tuple[str, int]:
-    host, port = url.removeprefix("http://").split(":")
-    return host, int(port)
 
 
 def _status_kib(pid: int, field: str) -> int:
@@ -96,7 +92,7 @@ def test_rejects_a_100_mb_header_after_reading_about_the_limit(receiver: tuple[s
     rss_before = _status_kib(proc.p.pid, "VmRSS")
     chunk = b"a" * 65536
     sent = 0
-    with socket.create_connection(_host_port(url), timeout=30) as s:
+    with socket.create_connection(host_port(url), timeout=30) as s:
         s.sendall(b"POST " + PATH.encode() + b" HTTP/1.1\r\nHost: x\r\nX-Big: ")
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             while sent < 100 * 2**20:
@@ -114,7 +110,7 @@ def test_rejects_a_100_mb_header_after_reading_about_the_limit(receiver: tuple[s
 def test_answers_431_problem_for_headers_just_over_the_limit(receiver: tuple[str, Proc]) -> None:
     """Headers of 20 KiB (limit 16 KiB) sent whole: a 431 problem document with code headers_too_large."""
     url, _ = receiver
-    with socket.create_connection(_host_port(url), timeout=10) as s:
+    with socket.create_connection(host_port(url), timeout=10) as s:
         s.sendall(b"POST " + PATH.encode() + b" HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_480 + b"\r\n\r\n")
         answer = _read_all(s)
     assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
@@ -146,7 +142,7 @@ def test_closes_2000_slow_header_connections_while_healthz_and_deliveries_stay_f
     closed_after: list[float] = []
     try:
         for _ in range(SLOW_CONNECTIONS):
-            s = socket.create_connection(_host_port(url), timeout=5)
+            s = socket.create_connection(host_port(url), timeout=5)
             s.sendall(b"POST " + PATH.encode() + b" HTTP/1.1\r\nHost: x\r\nX-Slow: a")
             s.setblocking(False)
             opened[s] = time.monotonic()
@@ -183,11 +179,11 @@ def test_refuses_connections_past_the_bound_quickly(redis_url: str, tmp_path: Pa
     env = stack_env(redis_url, "http://127.0.0.1:9/v1", tmp_path / "artifacts", RUNINFRA_MAX_CONNECTIONS="20",
                     RUNINFRA_HEADER_TIMEOUT="30")
     with started_receiver(env, tmp_path / "receiver.log") as (url, _):
-        idle = [socket.create_connection(_host_port(url), timeout=5) for _ in range(20)]
+        idle = [socket.create_connection(host_port(url), timeout=5) for _ in range(20)]
         try:
             time.sleep(0.3)  # the server has accepted them all
             started = time.monotonic()
-            with socket.create_connection(_host_port(url), timeout=5) as extra:
+            with socket.create_connection(host_port(url), timeout=5) as extra:
                 answer = _read_all(extra, timeout=5)
             took = time.monotonic() - started
         finally:
@@ -205,9 +201,9 @@ def test_closes_a_kept_alive_connection_whose_next_request_trickles_its_headers(
 ) -> None:
     """After a whole request, a second one that sends half a header is closed at the deadline (+1 s)."""
     url, _ = receiver
-    with socket.create_connection(_host_port(url), timeout=10) as s:
+    with socket.create_connection(host_port(url), timeout=10) as s:
         s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-        first = s.recv(65536)
+        first = read_response(s)
         assert first.startswith(b"HTTP/1.1 200 "), first[:100]
         started = time.monotonic()
         s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: a")
