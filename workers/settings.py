@@ -106,9 +106,11 @@ class _Worker(Worker):
         job_id = job_id_b.decode()
         try:
             if self._claims is None:
-                self._claims = JobClaims(Coalescer(self.pool))
+                self._claims = JobClaims(Coalescer(self.pool), queue=self.queue_name)
             score = await self._claims.claim(job_id, timestamp_ms(), int(self.in_progress_timeout_s * 1000))
         except BaseException:
+            # The slot was counted before the round trip: without this, each Redis outage would leak slots
+            # until the worker runs nothing at all.
             self._release_sem_dec_counter_on_complete()
             raise
         if score is None:  # running elsewhere, finished, or deferred: as arq, leave it

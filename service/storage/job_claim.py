@@ -1,8 +1,9 @@
 """Taking a queued arq job for one worker: arq's own check-and-mark, as one script.
 
 arq 0.28 claims a job with four round trips in a row (WATCH the in-progress key, EXISTS it, ZSCORE the job,
-MULTI/SET/EXEC). The same decision in one script is atomic by itself and shares the worker's coalesced
-round trips, so a freed slot is refilled after one round trip instead of four.
+MULTI/SET/EXEC). The same decision in one script is atomic by itself, and the claims of the jobs a worker
+starts together share round trips (a ``Coalescer``), so a freed slot is refilled after one round trip
+instead of four.
 """
 
 from __future__ import annotations
